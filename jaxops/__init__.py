@@ -1,0 +1,2 @@
+from jaxops.inference import infer_function_schema, infer_schema
+from jaxops.schema import FunctionSchema, parse_schema
