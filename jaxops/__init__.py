@@ -1,2 +1,58 @@
+"""jaxops: PyTorch's custom-operator system (``torch.library``), rebuilt for JAX.
+
+>>> import jax, jax.numpy as jnp, jaxops
+>>> @jaxops.custom_op("readme::scale_add", mutates_args=())
+... def scale_add(x: jax.Array, y: jax.Array, alpha: float = 1.0) -> jax.Array:
+...     return x + alpha * y
+>>> scale_add.schema
+'(Tensor x, Tensor y, float alpha=1.0) -> Tensor'
+"""
+
+from jaxops import types
+from jaxops.autograd import (
+    autograd_fallback_mode,
+    get_autograd_fallback_mode,
+    set_autograd_fallback_mode,
+)
+from jaxops.fake import get_ctx
 from jaxops.inference import infer_function_schema, infer_schema
+from jaxops.library import (
+    Library,
+    define,
+    impl,
+    register_autograd,
+    register_fake,
+    register_kernel,
+    register_vmap,
+)
+from jaxops.monitoring import compile_counter
+from jaxops.op import CustomOp, custom_op
+from jaxops.registry import OpOverloadPacket, ops
 from jaxops.schema import FunctionSchema, parse_schema
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CustomOp",
+    "FunctionSchema",
+    "Library",
+    "OpOverloadPacket",
+    "autograd_fallback_mode",
+    "compile_counter",
+    "custom_op",
+    "define",
+    "get_autograd_fallback_mode",
+    "get_ctx",
+    "impl",
+    "infer_schema",
+    "infer_function_schema",
+    "infer_schema",
+    "ops",
+    "parse_schema",
+    "register_autograd",
+    "register_fake",
+    "register_kernel",
+    "register_vmap",
+    "set_autograd_fallback_mode",
+    "types",
+]

@@ -1,0 +1,326 @@
+"""Autograd for ops: ``register_autograd`` and the fallback for host ops.
+
+``op.register_autograd(backward, setup_context=...)`` is built on
+:class:`custom_vjp.Function`: the op's forward becomes the Function's forward,
+the user's ``setup_context``/``backward`` become its own, so ctx handling,
+gradient normalisation and forward mode are shared with ``custom_vjp``.
+
+A host op with no formula cannot be differentiated by JAX; what happens then is
+decided by the autograd fallback mode (``"warn"`` by default, as in PyTorch,
+``"nothing"`` or ``"error"``), and only when a gradient actually flows through
+the op.
+
+>>> import jaxops
+>>> with jaxops.autograd_fallback_mode("error"):
+...     pass
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import jax
+from jax.custom_derivatives import SymbolicZero
+
+from jaxops import registry as _registry
+
+if TYPE_CHECKING:
+    from jaxops.op import CustomOp
+
+_MODES = ("warn", "nothing", "error")
+_fallback_mode = ["warn"]
+
+
+def set_autograd_fallback_mode(mode: str) -> None:
+    """Set globally what differentiating a host op with no autograd formula does.
+
+    >>> import jaxops
+    >>> jaxops.set_autograd_fallback_mode("warn")
+    """
+    if mode not in _MODES:
+        raise ValueError(f"autograd fallback mode must be one of {_MODES}, got {mode!r}")
+    if _fallback_mode[0] != mode:
+        _fallback_mode[0] = mode
+        _registry.bump_epoch()
+
+
+def get_autograd_fallback_mode() -> str:
+    """The current autograd fallback mode."""
+    return _fallback_mode[0]
+
+
+@contextlib.contextmanager
+def autograd_fallback_mode(mode: str) -> Iterator[None]:
+    """Context manager form of :func:`set_autograd_fallback_mode`.
+
+    >>> import jaxops
+    >>> with jaxops.autograd_fallback_mode("nothing"):
+    ...     pass
+    """
+    previous = get_autograd_fallback_mode()
+    set_autograd_fallback_mode(mode)
+    try:
+        yield
+    finally:
+        set_autograd_fallback_mode(previous)
+
+
+# --------------------------------------------------------------------- entry point
+def apply(op: CustomOp, values: list[Any]) -> Any:
+    """Run ``op`` under tracing with the right differentiation behaviour."""
+    from jaxops.op import run_kernels
+
+    if op._autograd is not None:
+        return _apply_registered(op, values)
+    if op.kernels.any_host:
+        return _apply_host_fallback(op, values)
+    return run_kernels(op, values)
+
+
+# ------------------------------------------------------------ host op, no formula
+def _fallback_fires(op: CustomOp) -> None:
+    mode = get_autograd_fallback_mode()
+    if mode == "nothing":
+        return
+    if mode == "error":
+        raise RuntimeError(
+            f"{op.name}: trying to differentiate through a host op that has no autograd formula "
+            f"(no autograd formula registered). Register one with {op.name.split('::')[-1]}"
+            ".register_autograd(backward, setup_context=...), or use "
+            "jaxops.autograd_fallback_mode('nothing') to treat its gradient as zero"
+        )
+    warnings.warn(
+        f"{op.name}: an autograd kernel was not registered for this host op, so its gradient is "
+        "treated as zero. Register one with register_autograd(...), or silence this with "
+        "jaxops.autograd_fallback_mode('nothing') (or 'error' to make it an error)",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
+    from jaxops.op import run_kernels
+
+    is_arr = [p.is_array for p in op._binder.params]
+    diff = [v if a else None for v, a in zip(values, is_arr)]
+    leaves, treedef = jax.tree_util.tree_flatten(diff)
+    if not leaves:
+        return run_kernels(op, values)
+
+    def rebuild(flat: Any) -> list[Any]:
+        arrs = jax.tree_util.tree_unflatten(treedef, list(flat))
+        return [x if a else v for x, v, a in zip(arrs, values, is_arr)]
+
+    @jax.custom_vjp
+    def call(*flat: Any) -> Any:
+        return run_kernels(op, rebuild(flat))
+
+    def fwd(*primals: Any) -> Any:
+        return call(*[p.value for p in primals]), None
+
+    def bwd(_res: Any, g: Any) -> Any:
+        cotangents = jax.tree_util.tree_leaves(g, is_leaf=lambda v: isinstance(v, SymbolicZero))
+        if any(not isinstance(c, SymbolicZero) for c in cotangents):
+            _fallback_fires(op)
+        return tuple(None for _ in leaves)
+
+    call.defvjp(fwd, bwd, symbolic_zeros=True)
+    return call(*leaves)
+
+
+# ----------------------------------------------------------- registered formulas
+class _Registered:
+    __slots__ = ("backward", "setup_context", "setup_arity", "where")
+
+    def __init__(self, backward: Callable[..., Any], setup_context: Callable[..., Any] | None, where: str) -> None:
+        self.backward = backward
+        self.setup_context = setup_context
+        self.setup_arity = _arity(setup_context) if setup_context is not None else 0
+        self.where = where
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 3
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 3
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def register_autograd(
+    op: CustomOp, backward: Callable[..., Any], /, *, setup_context: Callable[..., Any] | None = None
+) -> None:
+    """Register ``backward`` (and optionally ``setup_context``) for ``op``.
+
+    ``setup_context(ctx, inputs, output)`` (or ``(ctx, inputs, keyword_only_inputs, output)``)
+    runs once per forward under differentiation; ``backward(ctx, *grads)`` returns one
+    gradient per positional input.
+
+    >>> # op.register_autograd(lambda ctx, g: 2 * g)
+    """
+    from jaxops.dispatch import caller_location
+
+    if not callable(backward):
+        raise TypeError(f"{op.name}: register_autograd expects a callable backward, got {type(backward).__name__}")
+    if setup_context is not None and not callable(setup_context):
+        raise TypeError(
+            f"{op.name}: register_autograd(setup_context=...) expects a callable, got {type(setup_context).__name__}"
+        )
+    if setup_context is not None and _arity(setup_context) not in (3, 4):
+        raise TypeError(
+            f"{op.name}: setup_context must take (ctx, inputs, output) or "
+            "(ctx, inputs, keyword_only_inputs, output)"
+        )
+    op._autograd = _Registered(backward, setup_context, caller_location(3))
+    op._rebuild()
+    op._autograd_fns = {}
+
+
+class _CtxView:
+    """The ctx the user's callbacks see: the Function ctx with per-parameter ``needs_input_grad``."""
+
+    def __init__(self, ctx: Any, needs: tuple[bool, ...]) -> None:
+        object.__setattr__(self, "_ctx", ctx)
+        object.__setattr__(self, "_needs", needs)
+
+    @property
+    def needs_input_grad(self) -> tuple[bool, ...]:
+        return self._needs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_ctx"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_ctx"), name, value)
+
+
+def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
+    cache = getattr(op, "_autograd_fns", None)
+    if cache is None:
+        cache = op._autograd_fns = {}
+    cls = cache.get(struct)
+    if cls is not None:
+        return cls
+    from custom_vjp import Function
+    from jaxops.op import run_kernels
+
+    reg: _Registered = op._autograd
+    params = op._binder.params
+    n_pos = op._binder.n_positional
+    kw_names = [p.name for p in params[n_pos:]]
+
+    def unflatten(flat: tuple[Any, ...]) -> list[Any]:
+        out: list[Any] = []
+        i = 0
+        for n in struct:
+            if n is None:
+                out.append(flat[i])
+                i += 1
+            else:
+                out.append(list(flat[i : i + n]))
+                i += n
+        return out
+
+    def per_param_needs(flat_needs: tuple[bool, ...]) -> tuple[bool, ...]:
+        out: list[bool] = []
+        i = 0
+        for n in struct[:n_pos]:
+            if n is None:
+                out.append(bool(flat_needs[i]))
+                i += 1
+            else:
+                out.append(any(flat_needs[i : i + n]))
+                i += n
+        return tuple(out)
+
+    def forward(*flat: Any) -> Any:
+        return run_kernels(op, unflatten(flat))
+
+    def setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        view = _CtxView(ctx, per_param_needs(tuple(getattr(ctx, "needs_input_grad", ()))))
+        object.__setattr__(ctx, "_jaxops_view", view)
+        if reg.setup_context is None:
+            return
+        vals = unflatten(inputs)
+        pos = tuple(vals[:n_pos])
+        if reg.setup_arity == 4:
+            reg.setup_context(view, pos, dict(zip(kw_names, vals[n_pos:])), output)
+        else:
+            reg.setup_context(view, pos, output)
+
+    def backward(ctx: Any, *grads: Any) -> Any:
+        view = getattr(ctx, "_jaxops_view", None) or _CtxView(ctx, ())
+        res = reg.backward(view, *grads)
+        if not isinstance(res, (tuple, list)) or (
+            n_pos == 1 and struct[0] is not None and isinstance(res, list)
+        ):
+            res = (res,)
+        res = tuple(res)
+        if len(res) < n_pos:
+            raise RuntimeError(
+                f"{op.name}: the backward returned an incorrect number of gradients: expected "
+                f"{n_pos} (one per positional input), got {len(res)}"
+            )
+        extra = res[n_pos:]
+        if any(e is not None for e in extra):
+            raise RuntimeError(
+                f"{op.name}: the backward returned an incorrect number of gradients: expected "
+                f"{n_pos} (one per positional input), got {len(res)}"
+            )
+        flat: list[Any] = []
+        for n, g in zip(struct[:n_pos], res[:n_pos]):
+            if n is None:
+                flat.append(g)
+            elif g is None:
+                flat.extend([None] * n)
+            else:
+                if not isinstance(g, (list, tuple)) or len(g) != n:
+                    raise RuntimeError(
+                        f"{op.name}: the gradient for a list input must be a list of {n} arrays "
+                        f"(or None), got {type(g).__name__}"
+                    )
+                flat.extend(g)
+        flat.extend([None] * sum(1 if n is None else n for n in struct[n_pos:]))
+        return tuple(flat)
+
+    name = op.name
+    cls = type(
+        f"{op.qualname.replace('::', '_')}_autograd",
+        (Function,),
+        {
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup),
+            "backward": staticmethod(backward),
+            "_custom_vjp_name": name,
+        },
+    )
+    cache[struct] = cls
+    return cls
+
+
+def _apply_registered(op: CustomOp, values: list[Any]) -> Any:
+    flat: list[Any] = []
+    struct: list[Any] = []
+    for p, v in zip(op._binder.params, values):
+        if p.kind == "tensor_list" and v is not None:
+            struct.append(len(v))
+            flat.extend(v)
+        else:
+            struct.append(None)
+            flat.append(v)
+    cls = _function_class(op, tuple(struct))
+    return cls.apply(*flat)
+
+
+__all__ = [
+    "autograd_fallback_mode",
+    "get_autograd_fallback_mode",
+    "register_autograd",
+    "set_autograd_fallback_mode",
+]

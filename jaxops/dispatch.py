@@ -1,0 +1,201 @@
+"""Per-device kernels and how one is chosen.
+
+An op keeps a small table of kernels keyed by platform (``"cpu"``, ``"cuda"``,
+``"rocm"``, ``"tpu"``) plus an optional ``"default"`` kernel.  Under tracing the
+choice is made at lowering time with :func:`jax.lax.platform_dependent`, so it
+costs nothing at run time; eagerly the platform of the inputs decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+
+#: Platform keys a kernel can be registered for (``"default"`` = every platform).
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+_ALIASES = {
+    "cpu": ("cpu",),
+    "gpu": ("cuda", "rocm"),
+    "cuda": ("cuda",),
+    "rocm": ("rocm",),
+    "tpu": ("tpu",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One registered implementation of an op."""
+
+    fn: Callable[..., Any]
+    host: bool
+    where: str  # "file.py:LINE" of the registration, for messages
+
+    @property
+    def label(self) -> str:
+        return "host" if self.host else "traceable"
+
+
+def source_location(fn: Callable[..., Any]) -> str:
+    """``file.py:LINE`` where ``fn`` was defined (best effort)."""
+    try:
+        target = inspect.unwrap(fn)
+        file = inspect.getsourcefile(target) or inspect.getfile(target)
+        line = inspect.getsourcelines(target)[1]
+        return f"{file}:{line}"
+    except (TypeError, OSError):
+        return getattr(fn, "__qualname__", repr(fn))
+
+
+def caller_location(depth: int = 2) -> str:
+    """``file.py:LINE`` of the frame ``depth`` levels above the caller."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(depth):
+            if frame is None or frame.f_back is None:
+                break
+            frame = frame.f_back
+        if frame is None:
+            return "<unknown>"
+        return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    finally:
+        del frame
+
+
+def normalize_device_types(op_name: str, device_types: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Map user spellings (``"gpu"``, ``["cpu", "cuda"]``, ``None``) to platform keys.
+
+    >>> normalize_device_types("mylib::foo", "gpu")
+    ('cuda', 'rocm')
+    """
+    if device_types is None:
+        return ("default",)
+    items: Sequence[Any] = (device_types,) if isinstance(device_types, str) else tuple(device_types)
+    keys: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or item.lower() not in _ALIASES:
+            raise ValueError(
+                f"{op_name}: unknown device type {item!r} in device_types; expected one of "
+                f"'cpu', 'gpu' (or 'cuda', 'rocm'), 'tpu', a sequence of these, or None (every device)"
+            )
+        for key in _ALIASES[item.lower()]:
+            if key not in keys:
+                keys.append(key)
+    if not keys:
+        raise ValueError(f"{op_name}: device_types is empty; give at least one device type or None")
+    return tuple(keys)
+
+
+def platform_of_device(device: Any) -> str:
+    """Platform key (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``) of a device or device string."""
+    if isinstance(device, str):
+        name = device.split(":")[0].lower()
+        if name == "gpu":
+            return _gpu_flavour()
+        if name not in ("cpu", "cuda", "rocm", "tpu"):
+            raise ValueError(f"unknown device {device!r}")
+        return name
+    platform = getattr(device, "platform", "cpu")
+    if platform == "gpu":
+        return _gpu_flavour(device)
+    return platform
+
+
+def _gpu_flavour(device: Any = None) -> str:
+    try:
+        dev = device if device is not None else jax.devices("gpu")[0]
+        version = str(getattr(dev.client, "platform_version", "")).lower()
+    except Exception:  # noqa: BLE001 - no GPU backend: any answer is fine
+        return "cuda"
+    return "rocm" if "rocm" in version else "cuda"
+
+
+def resolve_device(op_name: str, device: Any) -> jax.Device:
+    """A ``jax.Device`` from a device argument (``"cpu"``, ``"gpu:1"``, a Device)."""
+    if isinstance(device, jax.Device):
+        return device
+    if isinstance(device, str):
+        name, _, index = device.partition(":")
+        name = {"cuda": "gpu", "rocm": "gpu"}.get(name.lower(), name.lower())
+        try:
+            devices = jax.devices(name)
+        except RuntimeError as e:
+            raise RuntimeError(f"{op_name}: device {device!r} is not available here: {e}") from None
+        idx = int(index) if index else 0
+        if idx >= len(devices):
+            raise RuntimeError(f"{op_name}: device {device!r} is not available ({len(devices)} {name} devices)")
+        return devices[idx]
+    raise TypeError(f"{op_name}: expected a jax.Device or a device string like 'cpu', got {type(device).__name__}")
+
+
+class KernelTable:
+    """Kernels of one op, keyed by platform or ``"default"``."""
+
+    def __init__(self) -> None:
+        self._kernels: dict[str, Kernel] = {}
+
+    def set(self, keys: Iterable[str], kernel: Kernel) -> None:
+        for key in keys:
+            self._kernels[key] = kernel
+
+    def clear(self) -> None:
+        self._kernels.clear()
+
+    def remove_where(self, pred: Callable[[Kernel], bool]) -> None:
+        self._kernels = {k: v for k, v in self._kernels.items() if not pred(v)}
+
+    def items(self) -> list[tuple[str, Kernel]]:
+        return list(self._kernels.items())
+
+    def __bool__(self) -> bool:
+        return bool(self._kernels)
+
+    def for_platform(self, platform: str) -> Kernel | None:
+        """The kernel that runs on ``platform``: a platform kernel wins over the default."""
+        return self._kernels.get(platform) or self._kernels.get("default")
+
+    @property
+    def any_host(self) -> bool:
+        return any(k.host for k in self._kernels.values())
+
+    def distinct(self) -> list[Kernel]:
+        seen: list[Kernel] = []
+        for k in self._kernels.values():
+            if all(k is not s for s in seen):
+                seen.append(k)
+        return seen
+
+    def select_traced(
+        self, op_name: str, run: Callable[[Kernel, tuple[Any, ...]], Any], operands: tuple[Any, ...]
+    ) -> Any:
+        """Run the right kernel for the platform the computation is lowered for.
+
+        ``run(kernel, operands)`` calls one kernel.  With a single kernel there is
+        no branch at all; otherwise :func:`jax.lax.platform_dependent` picks the
+        branch at lowering time (zero run-time cost).
+        """
+        distinct = self.distinct()
+        if not distinct:
+            raise RuntimeError(
+                f"{op_name}: no kernel is registered; use @{op_name.split('::')[-1]}.register_kernel(...) "
+                "or jaxops.impl(...) to add one"
+            )
+        if len(distinct) == 1 and "default" in self._kernels:
+            return run(distinct[0], operands)
+        branches: dict[str, Callable[..., Any]] = {}
+        for key, kernel in self._kernels.items():
+            branches[key] = _bind_branch(run, kernel)
+        default = branches.pop("default", None)
+        return jax.lax.platform_dependent(*operands, default=default, **branches)
+
+
+def _bind_branch(run: Callable[[Kernel, tuple[Any, ...]], Any], kernel: Kernel) -> Callable[..., Any]:
+    def branch(*operands: Any) -> Any:
+        return run(kernel, operands)
+
+    return branch
+

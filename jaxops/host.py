@@ -1,0 +1,97 @@
+"""Host (``host=True``) kernels: bodies that are not JAX-traceable.
+
+A host kernel receives NumPy arrays and returns NumPy arrays or numbers.
+
+* Eagerly, on concrete arrays, it is called directly (no callback round trip).
+* Under tracing it runs through :func:`jax.pure_callback`; the result shapes come
+  from the op's fake.
+
+An exception raised inside the kernel surfaces as a Python exception that names
+the op, eagerly and under ``jit`` (where JAX re-raises it as a ``RuntimeError``
+subclass carrying our message); the process stays usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class HostKernelError(RuntimeError):
+    """A host kernel raised; the message names the op and the original error."""
+
+
+def _describe(op_name: str, exc: BaseException) -> str:
+    return f"{op_name}: the host kernel raised {type(exc).__name__}: {exc}"
+
+
+def reraise_naming_op(op_name: str, exc: Exception) -> None:
+    """Re-raise ``exc`` with the op's name in its message, keeping its type when possible."""
+    message = _describe(op_name, exc)
+    try:
+        new = type(exc)(message)
+    except Exception:  # noqa: BLE001 - exotic constructor: fall back to our own type
+        new = HostKernelError(message)
+    if str(new) != message:
+        new = HostKernelError(message)
+    raise new.with_traceback(exc.__traceback__) from exc
+
+
+def to_numpy(x: Any) -> Any:
+    """A NumPy view of an array leaf (read-only for JAX arrays); None stays None."""
+    if x is None:
+        return None
+    return np.asarray(x)
+
+
+def call_kernel_eager(
+    op_name: str, kernel: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call a host kernel on concrete inputs, naming the op if it raises."""
+    try:
+        return kernel(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised with the op's name
+        reraise_naming_op(op_name, e)
+
+
+def make_callback(
+    op_name: str,
+    body: Callable[..., Any],
+    result_shapes: Any,
+) -> Callable[..., Any]:
+    """Wrap ``body`` (NumPy in, NumPy out) for :func:`jax.pure_callback`.
+
+    The wrapper checks the kernel's outputs against the fake's shapes and dtypes
+    so a wrong fake is reported by name instead of as an XLA error.
+    """
+    expected = jax.tree_util.tree_leaves(result_shapes)
+
+    def callback(*np_args: Any) -> Any:
+        try:
+            out = body(*np_args)
+        except Exception as e:  # noqa: BLE001
+            raise HostKernelError(_describe(op_name, e)) from e
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        if len(leaves) != len(expected):
+            raise HostKernelError(
+                f"{op_name}: the host kernel returned {len(leaves)} arrays but the fake "
+                f"(register_fake) describes {len(expected)}"
+            )
+        fixed = []
+        for i, (leaf, exp) in enumerate(zip(leaves, expected)):
+            arr = np.asarray(leaf)
+            if arr.shape != tuple(exp.shape):
+                raise HostKernelError(
+                    f"{op_name}: output {i} of the host kernel has shape {arr.shape} but the fake "
+                    f"(register_fake) says {tuple(exp.shape)}; fix the fake or the kernel"
+                )
+            fixed.append(arr.astype(exp.dtype, copy=False))
+        return jax.tree_util.tree_unflatten(treedef, fixed)
+
+    return callback
+
+
+__all__ = ["HostKernelError", "call_kernel_eager", "make_callback", "reraise_naming_op", "to_numpy"]

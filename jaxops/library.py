@@ -1,0 +1,226 @@
+"""The low-level registry: PyTorch's ``torch.library.Library`` for jaxops.
+
+>>> import jaxops
+>>> lib = jaxops.Library("demo_lib", "DEF")
+>>> lib.define("twice(Tensor x) -> Tensor")
+'demo_lib::twice'
+>>> lib.impl("twice", lambda x: 2 * x, "default")
+>>> lib._destroy()
+
+Dispatch keys: ``"cpu"``, ``"gpu"`` (``"cuda"``/``"rocm"``), ``"tpu"``,
+``"default"`` (every device), ``"Meta"`` (the fake) and
+``"CompositeImplicitAutograd"`` (a traceable body JAX differentiates itself).
+A key for the current platform wins over ``"default"``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jaxops import dispatch as _dispatch
+from jaxops import registry as _registry
+from jaxops.op import CustomOp, parse_qualname
+from jaxops.schema import parse_schema
+
+_KINDS = ("DEF", "FRAGMENT", "IMPL")
+_DEFINED_BY_DEF: dict[str, weakref.ref[Library]] = {}
+
+
+class Library:
+    """A handle that defines ops in a namespace and/or registers kernels for them.
+
+    ``kind``: ``"DEF"`` (owns the namespace; one DEF library per namespace at a time),
+    ``"FRAGMENT"`` (defines more ops in a namespace), ``"IMPL"`` (only registers kernels).
+    """
+
+    def __init__(self, ns: str, kind: str) -> None:
+        if kind not in _KINDS:
+            raise ValueError(f"Library kind must be one of {_KINDS}, got {kind!r}")
+        if not isinstance(ns, str) or not ns.isidentifier():
+            raise ValueError(f"Library namespace must be an identifier, got {ns!r}")
+        parse_qualname(f"{ns}::_probe")  # rejects reserved namespaces
+        if kind == "DEF":
+            owner = _DEFINED_BY_DEF.get(ns)
+            if owner is not None and owner() is not None and not owner()._destroyed:
+                raise RuntimeError(
+                    f"Library('{ns}', 'DEF'): namespace '{ns}' already has a DEF library; use "
+                    f"Library('{ns}', 'FRAGMENT') to add ops to it, or _destroy() the first one"
+                )
+            _DEFINED_BY_DEF[ns] = weakref.ref(self)
+        self.ns = ns
+        self.kind = kind
+        self._defined: list[tuple[str, str]] = []  # (qualname, overload)
+        self._kernels: list[tuple[CustomOp, str, Callable[..., Any]]] = []
+        self._fakes: list[CustomOp] = []
+        self._destroyed = False
+
+    def __repr__(self) -> str:
+        return f"Library(ns={self.ns!r}, kind={self.kind!r}, ops={len(self._defined)})"
+
+    def _check_alive(self) -> None:
+        if self._destroyed:
+            raise RuntimeError(f"Library('{self.ns}', '{self.kind}') was destroyed")
+
+    def define(self, schema: str, *, alias_analysis: str = "", tags: Sequence[Any] = ()) -> str:
+        """Define an op from a schema string ``"name(Tensor x, int y=2) -> Tensor"``.
+
+        Returns the qualified name.
+        """
+        self._check_alive()
+        if self.kind == "IMPL":
+            raise RuntimeError(f"Library('{self.ns}', 'IMPL') cannot define ops; use a DEF or FRAGMENT library")
+        fs = parse_schema(schema)
+        if not fs.name:
+            raise ValueError(f"Library.define: the schema {schema!r} has no op name, e.g. 'foo(Tensor x) -> Tensor'")
+        name = fs.name.split("::")[-1]
+        if "::" in fs.name and fs.name.split("::")[0] != self.ns:
+            raise ValueError(
+                f"Library.define: schema name {fs.name!r} is not in this library's namespace '{self.ns}'"
+            )
+        qualname = f"{self.ns}::{name}"
+        from jaxops.op import _check_kwarg_only_tensors
+
+        _check_kwarg_only_tensors(qualname, fs)
+        op = CustomOp(qualname, fs, where=_dispatch.caller_location())
+        _registry.register(op)
+        self._defined.append((qualname, op.overload_name))
+        return qualname
+
+    def impl(
+        self,
+        op_name: str | CustomOp,
+        fn: Callable[..., Any],
+        dispatch_key: str = "default",
+        *,
+        host: bool = False,
+        with_keyset: bool = False,
+    ) -> None:
+        """Register ``fn`` as the kernel of ``op_name`` for ``dispatch_key``."""
+        self._check_alive()
+        op = self._resolve(op_name)
+        key = dispatch_key
+        if key == "Meta":
+            op.register_fake(fn)
+            self._fakes.append(op)
+            return
+        if key in ("CompositeImplicitAutograd", "CompositeExplicitAutograd", "default", ""):
+            device_types: Any = None
+        elif key.lower() in ("cpu", "gpu", "cuda", "rocm", "tpu"):
+            device_types = key.lower()
+        else:
+            raise ValueError(
+                f"{op.name}: unknown dispatch key {dispatch_key!r}; use 'cpu', 'gpu' ('cuda', 'rocm'), "
+                "'tpu', 'default', 'Meta' or 'CompositeImplicitAutograd'"
+            )
+        keys = _dispatch.normalize_device_types(op.name, device_types)
+        kernel = _dispatch.Kernel(fn, bool(host), _dispatch.caller_location())
+        # Unlike register_kernel(None), "default" sits below platform kernels instead
+        # of replacing them.
+        op.kernels.set(keys, kernel)
+        op._rebuild()
+        self._kernels.append((op, key, fn))
+
+    def _resolve(self, op_name: str | CustomOp) -> CustomOp:
+        if isinstance(op_name, CustomOp):
+            return op_name
+        name = op_name if "::" in op_name else f"{self.ns}::{op_name}"
+        try:
+            return _registry.lookup(name)
+        except KeyError:
+            raise RuntimeError(
+                f"Library.impl: no op named {name!r} is defined; define it first with "
+                f"Library('{self.ns}', 'DEF').define('{op_name.split('::')[-1]}(...) -> ...')"
+            ) from None
+
+    def _destroy(self) -> None:
+        """Remove every op this library defined and every kernel/fake it registered."""
+        if self._destroyed:
+            return
+        for op, _key, fn in self._kernels:
+            op.kernels.remove_where(lambda k, fn=fn: k.fn is fn)
+            op._rebuild()
+        for op in self._fakes:
+            op._fake = None
+            op._rebuild()
+        for qualname, overload in self._defined:
+            _registry.unregister(qualname, overload)
+        self._kernels.clear()
+        self._fakes.clear()
+        self._defined.clear()
+        self._destroyed = True
+        owner = _DEFINED_BY_DEF.get(self.ns)
+        if owner is not None and owner() is self:
+            del _DEFINED_BY_DEF[self.ns]
+
+
+_DEFAULT_LIBS: dict[str, Library] = {}
+
+
+def _lib_for(ns: str) -> Library:
+    lib = _DEFAULT_LIBS.get(ns)
+    if lib is None or lib._destroyed:
+        lib = _DEFAULT_LIBS[ns] = Library(ns, "FRAGMENT")
+    return lib
+
+
+def define(qualname: str, schema: str, *, lib: Library | None = None, tags: Sequence[Any] = ()) -> CustomOp:
+    """Define an op ``"ns::name"`` from a schema without a name: ``"(Tensor x) -> Tensor"``.
+
+    >>> import jaxops
+    >>> op = jaxops.define("demo_def::neg", "(Tensor x) -> Tensor")
+    >>> _ = jaxops.impl("demo_def::neg", "default", lambda x: -x)
+    """
+    ns, name = parse_qualname(qualname)
+    target = lib if lib is not None else _lib_for(ns)
+    full = schema if not schema.lstrip().startswith("(") else f"{name}{schema}"
+    qual = target.define(full)
+    return _registry.lookup(qual)
+
+
+def impl(
+    qualname: str,
+    types: str | Sequence[str] | None,
+    fn: Callable[..., Any] | None = None,
+    *,
+    lib: Library | None = None,
+    host: bool = False,
+) -> Any:
+    """Register a kernel for ``qualname`` on ``types`` (device types or dispatch keys).
+
+    Usable as a decorator: ``@jaxops.impl("ns::foo", "cpu")``.
+    """
+    ns, _ = parse_qualname(qualname.split(".")[0] if "." in qualname else qualname)
+    target = lib if lib is not None else _lib_for(ns)
+    keys = ["default"] if types is None else ([types] if isinstance(types, str) else list(types))
+
+    def inner(f: Callable[..., Any]) -> Callable[..., Any]:
+        for key in keys:
+            target.impl(qualname, f, key, host=host)
+        return f
+
+    return inner if fn is None else inner(fn)
+
+
+def register_kernel(op_or_name: Any, device_types: Any, fn: Callable[..., Any] | None = None, /, *, host: bool | None = None) -> Any:
+    """Functional form of ``op.register_kernel``."""
+    return _registry.as_op(op_or_name).register_kernel(device_types, fn, host=host)
+
+
+def register_fake(op_or_name: Any, fn: Callable[..., Any] | None = None, /) -> Any:
+    """Functional form of ``op.register_fake``."""
+    return _registry.as_op(op_or_name).register_fake(fn)
+
+
+def register_autograd(op_or_name: Any, backward: Callable[..., Any], /, *, setup_context: Callable[..., Any] | None = None) -> None:
+    """Functional form of ``op.register_autograd``."""
+    _registry.as_op(op_or_name).register_autograd(backward, setup_context=setup_context)
+
+
+def register_vmap(op_or_name: Any, fn: Callable[..., Any] | None = None, /) -> Any:
+    """Functional form of ``op.register_vmap``."""
+    return _registry.as_op(op_or_name).register_vmap(fn)
+
+
+__all__ = ["Library", "define", "impl", "register_autograd", "register_fake", "register_kernel", "register_vmap"]

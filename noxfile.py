@@ -1,0 +1,40 @@
+"""nox sessions: `nox -s tests` (the CI suite), `lint`, `slow`, `notebooks`, `bench`."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The fast suite (what CI runs)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Long-running tests (marked `slow`)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def notebooks(session: nox.Session) -> None:
+    """Execute every notebook top to bottom."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "tests/test_notebooks.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "jaxops", "custom_vjp", "tests", "bench", "examples")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (print ratios against plain JAX and PyTorch where installed)."""
+    session.install("-e", ".[test]")
+    session.run("python", "bench/run.py", *session.posargs)
