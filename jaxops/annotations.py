@@ -8,3 +8,8 @@ from typing import Any
 def derive_fake(op: Any, fn: Any) -> Any:
     """A fake derived from ``fn``'s jaxtyping shape annotations, or None if it has none."""
     return None
+
+
+def shape_checker(op: Any, fn: Any) -> Any:
+    """A ``check(values)`` raising TypeError on inconsistent jaxtyping shapes, or None."""
+    return None

@@ -115,6 +115,7 @@ class CustomOp:
         self._vmap_rule: Callable[..., Any] | None = None
         self._sharding_rule: Callable[..., Any] | None = None
         self._derived_fake: Callable[..., Any] | None = None  # from jaxtyping annotations
+        self._shape_check: Callable[[list[Any]], None] | None = None  # jaxtyping call checks
         self._fake_cache: dict[Any, Any] = {}
         self._py_fn: Callable[..., Any] | None = None
         self._rebuild()
@@ -385,6 +386,8 @@ class CustomOp:
 
     # -- host, eager -------------------------------------------------------------
     def _call_host_eager(self, kernel: _dispatch.Kernel, values: list[Any], leaves: list[Any]) -> Any:
+        if self._shape_check is not None:
+            self._shape_check(values)
         if self._mutated:
             from jaxops import mutation
 
@@ -587,6 +590,8 @@ def _traced_entry(op: CustomOp, arrays: tuple[Any, ...], statics_key: tuple[Any,
     """Body of the op's jitted callable: everything that happens under tracing."""
     statics, _ = statics_key
     values = op._merge(arrays, statics)
+    if op._shape_check is not None:
+        op._shape_check(values)
     from jaxops import autograd
 
     return autograd.apply(op, values)
@@ -719,6 +724,7 @@ def _make_op(
     from jaxops import annotations
 
     op._derived_fake = annotations.derive_fake(op, fn)
+    op._shape_check = annotations.shape_checker(op, fn)
     op._rebuild()
     _registry.register(op)
     return op
