@@ -107,3 +107,72 @@ def test_check_inside_custom_vjp_backward_under_jit_grad():
         jax.block_until_ready(loss(jnp.ones(2)))
     with pytest.raises(RuntimeError, match="Function 'NanBackward' returned nan values in its 0th output"):
         jax.grad(lambda x: f(x).sum())(jnp.ones(2))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+class _NanSecond(custom_vjp.Function):
+    @staticmethod
+    def forward(ctx, x, y):
+        return x * y
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g * jnp.nan
+
+
+class _NanFirst(custom_vjp.Function):
+    @staticmethod
+    def forward(x):
+        return jnp.sqrt(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (2 * y)  # inf * 0 -> nan at x == 0 when g == 0
+
+
+def _loss(x):
+    return _NanSecond.apply(x, x).sum()
+
+
+def test_function_nan_backward_raises_eagerly():
+    with custom_vjp.detect_anomaly():
+        with pytest.raises(RuntimeError, match="Function '_NanSecond' returned nan values in its 1th output"):
+            jax.grad(_loss)(jnp.ones(2))
+
+
+def test_function_nan_backward_raises_under_jit():
+    with custom_vjp.detect_anomaly():
+        step = jax.jit(jax.grad(lambda x: _loss(x)))
+        with pytest.raises(RuntimeError, match="Function '_NanSecond' returned nan values in its 1th output"):
+            jax.block_until_ready(step(jnp.ones(2)))
+
+
+def test_function_nan_only_for_some_inputs_under_jit():
+    with custom_vjp.detect_anomaly():
+        step = jax.jit(jax.grad(lambda x: jnp.sum(_NanFirst.apply(x) * 0.0)))
+        jax.block_until_ready(step(jnp.ones(2)))
+        with pytest.raises(RuntimeError, match="Function '_NanFirst' returned nan values in its 0th output"):
+            jax.block_until_ready(step(jnp.array([1.0, 0.0])))
+
+
+def test_without_anomaly_mode_nan_passes_silently():
+    g = jax.grad(_loss)(jnp.ones(2))
+    assert bool(jnp.isnan(g).all())
+
+
+def test_mode_is_read_when_backward_is_traced():
+    def traced_outside(x):
+        return jax.grad(_loss)(x)
+
+    step = jax.jit(traced_outside)
+    jax.block_until_ready(step(jnp.ones(2)))
+    with custom_vjp.detect_anomaly():
+        g = step(jnp.ones(2))  # cached trace: no check staged
+    assert bool(jnp.isnan(g).all())

@@ -1,4 +1,4 @@
-"""Tests for ``custom_vjp.grad_hook``."""
+"""Tests for ``custom_vjp.grad_hook`` and ``custom_vjp.saved_tensors_hooks``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from custom_vjp import checkpoint, grad_hook
+from custom_vjp import Function, _state, checkpoint, grad_hook, saved_tensors_hooks
+from custom_vjp.saved_tensors import cast_saved, current_saved_tensors_hooks, offload_saved
 
 
 def test_identity_forward():
@@ -117,3 +118,114 @@ def test_non_callable_raises_type_error():
 def test_forward_mode_is_rejected_by_jax():
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
         jax.jvp(lambda x: grad_hook(x, lambda g: g), (jnp.ones(2),), (jnp.ones(2),))
+
+
+# ----------------------------------------------------------------------------- saved_tensors_hooks
+# (custom_vjp.saved_tensors_hooks is applied by the Function core to Function residuals)
+
+
+
+class _SavingSin(Function):
+    @staticmethod
+    def forward(x):
+        return jnp.sin(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * jnp.cos(x)
+
+
+X = jnp.array([0.1, 0.7, 1.3])
+
+
+def _sin_grad(x):
+    return jax.grad(lambda x: _SavingSin.apply(x).sum())(x)
+
+
+def test_saved_tensors_hooks_stack_nesting():
+    ident = lambda x: x  # noqa: E731
+    assert current_saved_tensors_hooks() is None
+    with saved_tensors_hooks(ident, ident):
+        with saved_tensors_hooks(abs, ident):
+            assert len(_state.saved_tensors_hooks_stack.get()) == 2
+            assert current_saved_tensors_hooks() == (abs, ident)
+        assert current_saved_tensors_hooks() == (ident, ident)
+    assert _state.saved_tensors_hooks_stack.get() == ()
+
+
+def test_saved_tensors_hooks_rejects_non_callables():
+    with pytest.raises(TypeError, match="pack_hook must be callable"):
+        saved_tensors_hooks(1, abs)
+    with pytest.raises(TypeError, match="unpack_hook must be callable"):
+        saved_tensors_hooks(abs, None)
+
+
+def test_pack_and_unpack_run_on_function_residuals():
+    seen = []
+
+    def pack(t):
+        seen.append(("pack", t.dtype))
+        return t.astype(jnp.bfloat16)
+
+    def unpack(t):
+        seen.append(("unpack", t.dtype))
+        return t.astype(jnp.float32)
+
+    with saved_tensors_hooks(pack, unpack):
+        g = _sin_grad(X)
+    assert seen == [("pack", jnp.float32), ("unpack", jnp.bfloat16)]
+    np.testing.assert_allclose(g, jnp.cos(X.astype(jnp.bfloat16).astype(jnp.float32)))
+    assert not np.array_equal(g, jnp.cos(X))  # the residual really was stored in bfloat16
+
+
+def test_cast_saved_under_jit():
+    with cast_saved(jnp.bfloat16, jnp.float32):
+        g = jax.jit(lambda x: _sin_grad(x))(X)
+    np.testing.assert_allclose(g, jnp.cos(X.astype(jnp.bfloat16).astype(jnp.float32)))
+    assert g.dtype == jnp.float32
+
+
+def test_innermost_hooks_win():
+    with cast_saved(jnp.bfloat16), saved_tensors_hooks(lambda t: t, lambda t: t):
+        np.testing.assert_allclose(_sin_grad(X), jnp.cos(X))
+
+
+def test_offload_saved_matches_plain_gradient():
+    with offload_saved():
+        np.testing.assert_allclose(jax.jit(lambda x: _sin_grad(x))(X), jnp.cos(X), rtol=1e-6)
+        np.testing.assert_allclose(_sin_grad(X), jnp.cos(X), rtol=1e-6)
+
+
+def test_hooks_apply_inside_checkpoint():
+    seen = []
+
+    def pack(t):
+        seen.append("pack")
+        return t * 2
+
+    def unpack(t):
+        return t / 2
+
+    block = checkpoint(lambda x: _SavingSin.apply(x) * 3)
+    with saved_tensors_hooks(pack, unpack):
+        g = jax.grad(lambda x: block(x).sum())(X)
+    np.testing.assert_allclose(g, 3 * jnp.cos(X), rtol=1e-6)
+    assert seen  # pack ran when the residual was (re)computed
+
+
+def test_hooks_are_read_at_trace_time():
+    # jit caches per Python function: a trace made inside the context is reused outside it
+    def grad_fn(x):
+        return _sin_grad(x)
+
+    step = jax.jit(grad_fn)
+    with cast_saved(jnp.bfloat16):
+        inside = step(X)
+    outside = step(X)
+    np.testing.assert_array_equal(inside, outside)
+    np.testing.assert_allclose(jax.jit(lambda x: _sin_grad(x))(X), jnp.cos(X), rtol=1e-6)
