@@ -194,9 +194,7 @@ class FunctionCtx:
         if state["released"] or (lifetime is not None and lifetime.released):
             raise RuntimeError(_FREED_MSG)
         unpack = state["unpack"]
-        if unpack is None:
-            return tuple(state["saved"])
-        return tuple(None if p is None else unpack(p) for p in state["saved"])
+        return tuple(unpack(p.value) if isinstance(p, _Packed) else p for p in state["saved"])
 
     # PyTorch spells the same thing this way as well.
     @property
@@ -218,65 +216,90 @@ class _Lifetime:
 
 @dataclasses.dataclass
 class _Frozen:
-    """Static half of a frozen ctx (the array half travels as residual leaves)."""
+    """Static half of a frozen ctx (the array half travels as residual leaves).
+
+    ``slots`` has one entry per leaf of ``(saved_tensors, attr_0, attr_1, ...)``:
+    ``("s", value)`` for a static leaf, ``("a", None)`` for an array, or
+    ``("p", treedef)`` for an array replaced by the pytree ``pack(array)`` returned.
+    """
 
     needs_input_grad: tuple[bool, ...]
     materialize: bool
     unpack: Callable[[Any], Any] | None
-    saved_tree: Any
-    attr_trees: dict[str, Any]
-    static_leaves: list[Any]
-    is_dyn: list[bool]
+    tree: Any
+    n_saved: int
+    attr_names: list[str]
+    slots: list[tuple[str, Any]]
     lifetime: _Lifetime
 
 
 def _freeze(ctx: FunctionCtx, lifetime: _Lifetime) -> tuple[list[Any], _Frozen]:
-    """Split a forward ctx into residual arrays and static aux data."""
+    """Split a forward ctx into residual arrays and static aux data.
+
+    Every saved array (``save_for_backward`` and array attributes) goes through
+    the innermost saved-tensors ``pack`` hook when one is active.
+    """
     state = ctx._cvjp
-    saved = state["saved"]
-    unpack = None
+    names = [k for k in vars(ctx) if k != "_cvjp"]
+    values = (tuple(state["saved"]), *[getattr(ctx, k) for k in names])
+    leaves, tree = jax.tree_util.tree_flatten(values, is_leaf=lambda x: x is None)
+    n_saved = len(jax.tree_util.tree_leaves(values[0], is_leaf=lambda x: x is None))
     hooks = _state.saved_tensors_hooks_stack.get()
-    if hooks:
-        pack, unpack = hooks[-1]
-        saved = tuple(None if t is None else pack(t) for t in saved)
-    saved_leaves, saved_tree = jax.tree_util.tree_flatten(saved)
-    leaves_all = list(saved_leaves)
-    attr_trees = {}
-    for name, value in vars(ctx).items():
-        if name == "_cvjp":
-            continue
-        leaves, tree = jax.tree_util.tree_flatten(value)
-        attr_trees[name] = (tree, len(leaves))
-        leaves_all.extend(leaves)
-    is_dyn = [_is_array(x) for x in leaves_all]
-    res = [jnp.asarray(x) if d else None for x, d in zip(leaves_all, is_dyn)]
-    static = [None if d else x for x, d in zip(leaves_all, is_dyn)]
+    pack, unpack = hooks[-1] if hooks else (None, None)
+    res: list[Any] = []
+    slots: list[tuple[str, Any]] = []
+    for leaf in leaves:
+        if not _is_array(leaf):
+            slots.append(("s", leaf))
+        elif pack is None:
+            slots.append(("a", None))
+            res.append(jnp.asarray(leaf))
+        else:
+            sub, subtree = jax.tree_util.tree_flatten(pack(leaf))
+            if not all(_is_array(x) for x in sub):
+                raise TypeError("saved_tensors_hooks: pack must return an array or a pytree of arrays")
+            slots.append(("p", subtree))
+            res.extend(jnp.asarray(x) for x in sub)
     frozen = _Frozen(
         needs_input_grad=state["needs_input_grad"],
         materialize=state["materialize"],
         unpack=unpack,
-        saved_tree=(saved_tree, len(saved_leaves)),
-        attr_trees=attr_trees,
-        static_leaves=static,
-        is_dyn=is_dyn,
+        tree=tree,
+        n_saved=n_saved,
+        attr_names=names,
+        slots=slots,
         lifetime=lifetime,
     )
-    return [r for r, d in zip(res, is_dyn) if d], frozen
+    return res, frozen
+
+
+class _Packed:
+    """A packed saved array waiting for ``unpack`` (saved tensors unpack lazily)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _thaw(frozen: _Frozen, res: Sequence[Any]) -> FunctionCtx:
     """Rebuild a backward ctx from residual arrays and the static aux data."""
     it = iter(res)
-    leaves = [next(it) if d else s for d, s in zip(frozen.is_dyn, frozen.static_leaves)]
+    leaves: list[Any] = []
+    for k, (kind, info) in enumerate(frozen.slots):
+        if kind == "s":
+            leaves.append(info)
+        elif kind == "a":
+            leaves.append(next(it))
+        else:
+            packed = jax.tree_util.tree_unflatten(info, [next(it) for _ in range(info.num_leaves)])
+            assert frozen.unpack is not None
+            leaves.append(_Packed(packed) if k < frozen.n_saved else frozen.unpack(packed))
+    values = jax.tree_util.tree_unflatten(frozen.tree, leaves)
     ctx = FunctionCtx(frozen.needs_input_grad)
     ctx._cvjp["materialize"] = frozen.materialize
     ctx._cvjp["unpack"] = frozen.unpack
-    tree, n = frozen.saved_tree
-    ctx._cvjp["saved"] = jax.tree_util.tree_unflatten(tree, leaves[:n])
-    pos = n
-    for name, (tree, k) in frozen.attr_trees.items():
-        object.__setattr__(ctx, name, jax.tree_util.tree_unflatten(tree, leaves[pos : pos + k]))
-        pos += k
+    ctx._cvjp["saved"] = values[0]
+    for name, value in zip(frozen.attr_names, values[1:]):
+        object.__setattr__(ctx, name, value)
     return ctx
 
 
