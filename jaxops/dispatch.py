@@ -74,7 +74,12 @@ def normalize_device_types(op_name: str, device_types: str | Iterable[str] | Non
     """
     if device_types is None:
         return ("default",)
-    items: Sequence[Any] = (device_types,) if isinstance(device_types, str) else tuple(device_types)
+    if isinstance(device_types, str):
+        items: Sequence[Any] = (device_types,)
+    elif isinstance(device_types, Iterable):
+        items = tuple(device_types)
+    else:
+        items = (device_types,)
     keys: list[str] = []
     for item in items:
         if not isinstance(item, str) or item.lower() not in _ALIASES:

@@ -1,0 +1,340 @@
+"""Kernels per device, host kernels, fakes and the autograd fallback (API.md §2-§4)."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxops
+
+X = jnp.array([3.0, 1.0, 2.0])
+
+
+# ------------------------------------------------------------------- kernels
+def test_register_kernel_device_types_validation():
+    @jaxops.custom_op("t_k::kv", mutates_args=())
+    def kv(x: jax.Array) -> jax.Array:
+        return x
+
+    for bad in ("npu", ["cpu", "fpga"], 3):
+        with pytest.raises(ValueError, match="device type"):
+            kv.register_kernel(bad)(lambda x: x)
+    for good in ("cpu", "gpu", "cuda", "rocm", "tpu", ["cpu", "gpu"], None):
+        kv.register_kernel(good)(lambda x: x * 1)
+
+
+def test_platform_kernel_wins_over_default_eager_and_jit():
+    @jaxops.custom_op("t_k::plat", mutates_args=())
+    def plat(x: jax.Array) -> jax.Array:
+        return x + 100
+
+    plat.register_kernel("cpu")(lambda x: x * 2)
+    plat.register_kernel("gpu")(lambda x: x * 3)
+    np.testing.assert_allclose(plat(X), X * 2)
+    np.testing.assert_allclose(jax.jit(plat)(X), X * 2)
+    # Chosen at lowering time: one branch per platform, nothing left in the compiled CPU program.
+    hlo = jax.jit(plat).lower(X).compile().as_text()
+    assert "conditional" not in hlo and "case" not in hlo.lower().split("entry")[-1]
+
+
+def test_functional_register_kernel_and_lookup_by_name():
+    @jaxops.custom_op("t_k::fk", mutates_args=(), device_types="cpu")
+    def fk(x: jax.Array) -> jax.Array:
+        return x + 1
+
+    jaxops.register_kernel("t_k::fk", "cpu", lambda x: x - 1)
+    np.testing.assert_allclose(fk(X), X - 1)
+
+
+def test_kernel_for_other_platform_only_is_reported_eagerly():
+    @jaxops.custom_op("t_k::gpu_only", mutates_args=(), device_types="gpu")
+    def gpu_only(x: jax.Array) -> jax.Array:
+        return x
+
+    if jax.default_backend() == "cpu":
+        with pytest.raises(RuntimeError, match=r"t_k::gpu_only: no kernel for device type 'cpu'"):
+            gpu_only(X)
+
+
+def test_no_tensor_inputs_needs_device():
+    @jaxops.custom_op("t_k::maybe", mutates_args=())
+    def maybe(x: jax.Array | None, n: int) -> jax.Array:
+        return jnp.zeros(n)
+
+    with pytest.raises(RuntimeError, match="no Tensor inputs"):
+        maybe(None, 3)
+
+
+def test_factory_op_with_device():
+    @jaxops.custom_op("t_k::full", mutates_args=())
+    def full(n: int, value: float, device: jax.Device) -> jax.Array:
+        return jnp.full((n,), value)
+
+    out = full(3, 2.0, jax.devices("cpu")[0])
+    np.testing.assert_allclose(out, [2.0, 2.0, 2.0])
+    assert out.devices() == {jax.devices("cpu")[0]}
+    np.testing.assert_allclose(full(2, 1.0, device="cpu"), [1.0, 1.0])
+    np.testing.assert_allclose(jax.jit(lambda: full(2, 5.0, "cpu"))(), [5.0, 5.0])
+
+
+# ---------------------------------------------------------------------- host
+@pytest.fixture
+def host_sort():
+    seen = []
+
+    @jaxops.custom_op("t_k::hsort", mutates_args=(), host=True)
+    def hsort(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        seen.append(type(x))
+        idx = np.argsort(x, kind="stable")
+        return x[idx], idx.astype(np.int32)
+
+    @hsort.register_fake
+    def _(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, jnp.int32)
+
+    hsort.seen = seen
+    return hsort
+
+
+def test_host_eager_calls_kernel_directly(host_sort, monkeypatch):
+    def no_callback(*a, **k):
+        raise AssertionError("eager host call must not go through pure_callback")
+
+    monkeypatch.setattr(jax, "pure_callback", no_callback)
+    vals, idx = host_sort(X)
+    np.testing.assert_allclose(vals, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(idx, [1, 2, 0])
+    assert isinstance(vals, jax.Array)
+    assert host_sort.seen == [np.ndarray]
+
+
+def test_host_under_jit_vmap_eval_shape(host_sort):
+    vals, idx = jax.jit(host_sort)(X)
+    np.testing.assert_allclose(vals, [1.0, 2.0, 3.0])
+    xs = jnp.stack([X, -X])
+    bv, bi = jax.vmap(host_sort)(xs)
+    np.testing.assert_allclose(bv, jnp.sort(xs, axis=1))
+    np.testing.assert_array_equal(bi, jnp.argsort(xs, axis=1))
+    sv, si = jax.eval_shape(host_sort, jax.ShapeDtypeStruct((5,), jnp.float32))
+    assert sv.shape == (5,) and si.dtype == jnp.int32
+
+
+def test_host_op_without_fake_cannot_be_traced():
+    @jaxops.custom_op("t_k::nofake", mutates_args=(), host=True)
+    def nofake(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    np.testing.assert_allclose(nofake(X), np.sin(X), rtol=1e-6)  # eager is fine
+    for transform in (jax.jit, lambda f: (lambda x: jax.eval_shape(f, x))):
+        with pytest.raises(RuntimeError, match="no fake impl") as info:
+            transform(nofake)(X)
+        assert "t_k::nofake" in str(info.value) and "register_fake" in str(info.value)
+
+
+def test_second_fake_names_first_location(host_sort):
+    with pytest.raises(RuntimeError, match=r"already registered at .*test_kernels_host_fake\.py:\d+"):
+        host_sort.register_fake(lambda x: x)
+
+
+def test_fake_for_traceable_op_is_allowed():
+    @jaxops.custom_op("t_k::tf", mutates_args=())
+    def tf(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    jaxops.register_fake("t_k::tf", lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    assert jax.eval_shape(tf, jax.ShapeDtypeStruct((2,), jnp.float32)).shape == (2,)
+
+
+def test_fake_can_use_jnp_on_abstract_values():
+    @jaxops.custom_op("t_k::houter", mutates_args=(), host=True)
+    def houter(a: jax.Array, b: jax.Array) -> jax.Array:
+        return np.outer(a, b)
+
+    @houter.register_fake
+    def _(a, b):
+        return jnp.empty((a.shape[0], b.shape[0]), jnp.result_type(a, b))
+
+    assert jax.jit(houter)(X, jnp.ones(2)).shape == (3, 2)
+
+
+def test_host_kernel_exception_names_op_eager_and_jit():
+    @jaxops.custom_op("t_k::boom", mutates_args=(), host=True)
+    def boom(x: jax.Array) -> jax.Array:
+        if x.sum() > 100:
+            raise ValueError("input too large")
+        return x
+
+    boom.register_fake(lambda x: x)
+    with pytest.raises(ValueError, match=r"t_k::boom: the host kernel raised ValueError: input too large"):
+        boom(X * 100)
+    with pytest.raises(RuntimeError, match=r"t_k::boom: the host kernel raised ValueError: input too large"):
+        jax.jit(boom)(X * 100).block_until_ready()
+    # the process stays usable
+    np.testing.assert_allclose(jax.jit(boom)(X), X)
+
+
+def test_host_kernel_disagreeing_with_fake_is_reported():
+    @jaxops.custom_op("t_k::liar", mutates_args=(), host=True)
+    def liar(x: jax.Array) -> jax.Array:
+        return np.concatenate([x, x])
+
+    liar.register_fake(lambda x: x)
+    with pytest.raises(RuntimeError, match=r"t_k::liar: output 0 of the host kernel has shape \(6,\) but the fake"):
+        jax.jit(liar)(X).block_until_ready()
+
+
+def test_host_output_aliasing_input_is_rejected_eagerly():
+    @jaxops.custom_op("t_k::alias", mutates_args=(), host=True)
+    def alias(x: jax.Array) -> jax.Array:
+        return x
+
+    with pytest.raises(RuntimeError, match="may not alias"):
+        alias(np.ones(3))
+
+
+# ------------------------------------------------------------ autograd fallback
+@pytest.fixture
+def hsin():
+    @jaxops.custom_op("t_k::hsin", mutates_args=(), host=True)
+    def hsin(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    hsin.register_fake(lambda x: x)
+    return hsin
+
+
+def test_fallback_warn_is_default_and_gives_zero(hsin):
+    assert jaxops.get_autograd_fallback_mode() == "warn"
+    with pytest.warns(UserWarning, match="an autograd kernel was not registered") as rec:
+        g = jax.grad(lambda x: (hsin(x) + x).sum())(X)
+    assert "t_k::hsin" in str(rec[0].message)
+    np.testing.assert_allclose(g, jnp.ones(3))
+
+
+def test_fallback_nothing_and_error(hsin):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with jaxops.autograd_fallback_mode("nothing"):
+            np.testing.assert_allclose(jax.grad(lambda x: hsin(x).sum())(X), jnp.zeros(3))
+    with jaxops.autograd_fallback_mode("error"):
+        with pytest.raises(RuntimeError, match="no autograd formula") as info:
+            jax.grad(lambda x: hsin(x).sum())(X)
+        assert "t_k::hsin" in str(info.value)
+    assert jaxops.get_autograd_fallback_mode() == "warn"
+    jaxops.set_autograd_fallback_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            jax.jit(jax.grad(lambda x: hsin(x).sum()))(X)
+    finally:
+        jaxops.set_autograd_fallback_mode("warn")
+    with pytest.raises(ValueError, match="fallback mode"):
+        jaxops.set_autograd_fallback_mode("loud")
+
+
+def test_fallback_fires_only_when_gradient_flows(hsin):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with jaxops.autograd_fallback_mode("error"):
+            hsin(X)
+            jax.jit(hsin)(X)
+            # the op's output is unused by the loss: no gradient flows through it
+            jax.grad(lambda x: (x * 2).sum() + 0 * jax.lax.stop_gradient(hsin(x)).sum())(X)
+
+            def unused(x):
+                _ = hsin(x)
+                return (x**2).sum()
+
+            jax.grad(unused)(X)
+
+
+# ----------------------------------------------------------------- Library
+def test_library_define_impl_meta_destroy():
+    lib = jaxops.Library("t_lib", "DEF")
+    try:
+        assert lib.define("foo(Tensor x, int y=2) -> Tensor") == "t_lib::foo"
+        lib.impl("foo", lambda x, y: x * y, "default")
+        np.testing.assert_allclose(jaxops.ops.t_lib.foo(X), X * 2)
+        lib.impl("foo", lambda x, y: x * y + 1, "cpu")
+        np.testing.assert_allclose(jaxops.ops.t_lib.foo(X, 3), X * 3 + 1)  # platform wins over default
+        lib.define("hfoo(Tensor x) -> Tensor")
+        lib.impl("hfoo", lambda x: np.cos(x), "cpu", host=True)
+        lib.impl("hfoo", lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), "Meta")
+        np.testing.assert_allclose(jax.jit(jaxops.ops.t_lib.hfoo)(X), np.cos(X), rtol=1e-6)
+        lib.define("cia(Tensor x) -> Tensor")
+        lib.impl("cia", lambda x: jnp.sin(x), "CompositeImplicitAutograd")
+        np.testing.assert_allclose(jax.grad(lambda x: jaxops.ops.t_lib.cia(x).sum())(X), jnp.cos(X), rtol=1e-6)
+        with pytest.raises(ValueError, match="dispatch key"):
+            lib.impl("foo", lambda x, y: x, "NPU")
+        with pytest.raises(RuntimeError, match="already has a DEF library"):
+            jaxops.Library("t_lib", "DEF")
+        frag = jaxops.Library("t_lib", "FRAGMENT")
+        frag.define("bar(Tensor x) -> Tensor")
+        impl_lib = jaxops.Library("t_lib", "IMPL")
+        impl_lib.impl("bar", lambda x: -x, "default")
+        np.testing.assert_allclose(jaxops.ops.t_lib.bar(X), -X)
+        with pytest.raises(RuntimeError, match="cannot define"):
+            impl_lib.define("baz(Tensor x) -> Tensor")
+        frag._destroy()
+        with pytest.raises(AttributeError):
+            jaxops.ops.t_lib.bar  # noqa: B018
+    finally:
+        lib._destroy()
+    with pytest.raises(AttributeError):
+        jaxops.ops.t_lib.foo  # noqa: B018
+    with pytest.raises(ValueError, match="kind"):
+        jaxops.Library("t_lib", "BOGUS")
+
+
+def test_define_and_impl_functions():
+    lib = jaxops.Library("t_def", "FRAGMENT")
+    try:
+        op = jaxops.define("t_def::neg", "(Tensor x) -> Tensor", lib=lib)
+        jaxops.impl("t_def::neg", "default", lambda x: -x, lib=lib)
+        np.testing.assert_allclose(op(X), -X)
+
+        @jaxops.impl("t_def::neg", "cpu", lib=lib)
+        def _(x):
+            return -2 * x
+
+        np.testing.assert_allclose(jaxops.ops.t_def.neg(X), -2 * X)
+    finally:
+        lib._destroy()
+
+
+@pytest.mark.parametrize(
+    "schema, exc, message",
+    [
+        ("foo(int64_t x) -> Tensor", (ValueError, RuntimeError), "Use `SymInt` or `int`"),
+        ("foo(double x) -> Tensor", (ValueError, RuntimeError), "Use `float`"),
+        ("foo(Tensor x -> Tensor", (ValueError, RuntimeError), "position"),
+    ],
+)
+def test_malformed_schema(schema, exc, message):
+    lib = jaxops.Library("t_bad", "FRAGMENT")
+    try:
+        with pytest.raises(exc, match=message):
+            lib.define(schema)
+    finally:
+        lib._destroy()
+
+
+def test_overloads_resolve_and_report_mismatch():
+    lib = jaxops.Library("t_ov", "FRAGMENT")
+    try:
+        lib.define("add(Tensor x, Tensor y) -> Tensor")
+        lib.define("add.scalar(Tensor x, float y) -> Tensor")
+        lib.impl("add", lambda x, y: x + y, "default")
+        lib.impl("add.scalar", lambda x, y: x + 10 * y, "default")
+        ops = jaxops.ops.t_ov.add
+        np.testing.assert_allclose(ops(X, X), 2 * X)
+        np.testing.assert_allclose(ops(X, 1.0), X + 10)
+        np.testing.assert_allclose(ops.scalar(X, 2.0), X + 20)
+        np.testing.assert_allclose(ops.default(X, X), 2 * X)
+        with pytest.raises(TypeError, match="failed to match any schema"):
+            ops(X, "nope")
+    finally:
+        lib._destroy()
