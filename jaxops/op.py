@@ -193,6 +193,13 @@ class CustomOp:
             and not self._scalar_returns
             and not self._mutated
         )
+        # A per-op subclass whose __call__ is generated for this schema: one Python
+        # frame between the user and the jitted callable.
+        base = CustomOp
+        if self._fast:
+            self.__class__ = type("CustomOp", (base,), {"__call__": _make_fast_call(self), "__module__": __name__})
+        else:
+            self.__class__ = base
 
     def _add_kernel(self, device_types: Any, fn: Callable[..., Any], host: bool, where: str) -> None:
         keys = _dispatch.normalize_device_types(self.name, device_types)
@@ -286,11 +293,11 @@ class CustomOp:
 
     # ------------------------------------------------------------------- calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._fast and not kwargs and len(args) == self._binder.n and not profiles._RECORDING:
-            # Hot path: a traceable op with one kernel for every device, all arguments
-            # positional.  Validation, then straight into the cached jitted callable.
-            values = [c(v) for c, v in zip(self._checks, args)]
-            return self._jitted(self._get_arrays(values), (self._get_statics(values), _EPOCH[0]))
+        # Ops with a hot path get a generated __call__ (see _make_fast_call); this is
+        # the general path.
+        return self._slow_call(args, kwargs)
+
+    def _slow_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         values = self._binder.bind(args, kwargs)
         arrays, statics = self._split(values)
         if profiles._RECORDING:
@@ -512,6 +519,57 @@ class CustomOp:
             return v
 
         return jax.tree_util.tree_map(leaf, out, is_leaf=lambda v: isinstance(v, jax.ShapeDtypeStruct))
+
+
+_EXACT_TYPES = {
+    "Tensor": "_ARRAY_EXACT",
+    "float": "_FLOAT_EXACT",
+    "SymInt": "_INT_EXACT",
+    "int": "_INT_EXACT",
+    "bool": "_BOOL_EXACT",
+    "str": "_STR_EXACT",
+}
+
+
+def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
+    """Generate ``f(a0, a1, ...)`` for the op's hot path.
+
+    Arguments whose exact type is the common one (a JAX array for ``Tensor``, a
+    Python float for ``float``...) skip their checker; others go through it, so
+    validation and its messages stay the same as the slow path.
+    """
+    from jaxops._binding import _EXACT_ARRAY_TYPES
+
+    params = op._binder.params
+    names = [f"a{i}" for i in range(len(params))]
+    n = len(params)
+    lines = [
+        "def __call__(self, *args, **kwargs):",
+        f"    if kwargs or len(args) != {n} or _profiles._RECORDING:",
+        "        return self._slow_call(args, kwargs)",
+        f"    {', '.join(names)}{',' if n == 1 else ''} = args",
+    ]
+    env: dict[str, Any] = {
+        "_ARRAY_EXACT": _EXACT_ARRAY_TYPES,
+        "_FLOAT_EXACT": frozenset({float}),
+        "_INT_EXACT": frozenset({int}),
+        "_BOOL_EXACT": frozenset({bool}),
+        "_STR_EXACT": frozenset({str}),
+        "_EPOCH": _EPOCH,
+        "_profiles": profiles,
+    }
+    for i, p in enumerate(params):
+        env[f"c{i}"] = p.check
+        exact = _EXACT_TYPES.get(p.type.base) if not p.type.is_list and not p.type.optional else None
+        if exact is None:
+            lines.append(f"    a{i} = c{i}(a{i})")
+        else:
+            lines.append(f"    if type(a{i}) not in {exact}: a{i} = c{i}(a{i})")
+    arrays = "".join(f"a{i}, " for i in op._array_idx)
+    statics = "".join(f"a{i}, " for i in op._static_idx)
+    lines.append(f"    return self._jitted(({arrays}), (({statics}), _EPOCH[0]))")
+    exec("\n".join(lines), env)  # noqa: S102 - generated from the op's own schema
+    return env["__call__"]
 
 
 def _tuple_getter(idx: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:

@@ -1,0 +1,105 @@
+"""Eager call overhead of a jaxops op, side by side with plain JAX and PyTorch.
+
+Prints per-call times (median of several repetitions) and ratios:
+  * jaxops op called eagerly
+  * ``jax.jit(fn)`` called eagerly (the target: op <= 1.3x this)
+  * ``fn`` called directly (op-by-op JAX dispatch)
+  * ``torch.library.custom_op`` eager call and the plain torch function, when torch is installed
+  * a host (NumPy) op vs calling the NumPy function directly
+
+Run: ``python bench/eager_overhead.py``
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxops
+
+try:  # torch evaluates string annotations in this module's globals
+    import torch
+except ImportError:  # pragma: no cover - torch is optional
+    torch = None
+
+
+def per_call_us(f: Callable[..., Any], *args: Any, n: int = 2000, reps: int = 9) -> float:
+    for _ in range(50):
+        f(*args)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f(*args)
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    def scale_add(x: jax.Array, y: jax.Array, alpha: float = 1.0) -> jax.Array:
+        return x + alpha * y
+
+    op = jaxops.custom_op("bench::scale_add", scale_add, mutates_args=())
+    jitted = jax.jit(scale_add, static_argnums=2)
+    x = jnp.ones(16)
+    y = jnp.ones(16)
+
+    rows: list[tuple[str, float]] = []
+    # interleave so that machine noise hits all candidates alike
+    samples: dict[str, list[float]] = {"op": [], "jit": [], "direct": []}
+    for _ in range(3):
+        samples["op"].append(per_call_us(op, x, y, 2.0))
+        samples["jit"].append(per_call_us(jitted, x, y, 2.0))
+        samples["direct"].append(per_call_us(scale_add, x, y, 2.0, n=500))
+    t_op = min(samples["op"])
+    t_jit = min(samples["jit"])
+    t_direct = min(samples["direct"])
+    rows += [
+        ("jaxops op, eager", t_op),
+        ("jax.jit(fn), eager", t_jit),
+        ("fn, op-by-op JAX", t_direct),
+    ]
+
+    @jaxops.custom_op("bench::hsin", mutates_args=(), host=True)
+    def hsin(a: jax.Array) -> jax.Array:
+        return np.sin(a)
+
+    hsin.register_fake(lambda a: a)
+    xn = np.ones(16, np.float32)
+    t_host = per_call_us(hsin, x)
+    t_np = per_call_us(np.sin, xn)
+    t_cb = per_call_us(jax.jit(lambda a: jax.pure_callback(np.sin, jax.ShapeDtypeStruct(a.shape, a.dtype), a)), x, n=300)
+    rows += [("host op, eager (direct kernel call)", t_host), ("np.sin alone", t_np), ("jit(pure_callback(np.sin))", t_cb)]
+
+    torch_rows: list[tuple[str, float]] = []
+    if torch is not None:
+        @torch.library.custom_op("bench::scale_add", mutates_args=())
+        def t_scale_add(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+            return a + alpha * b
+
+        ta, tb = torch.ones(16), torch.ones(16)
+        torch_rows = [
+            ("torch.library.custom_op, eager", per_call_us(t_scale_add, ta, tb, 2.0)),
+            ("torch function, eager", per_call_us(lambda a, b, al: a + al * b, ta, tb, 2.0)),
+        ]
+
+    print(f"machine: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    width = max(len(r[0]) for r in rows + torch_rows) + 2
+    for name, t in rows + torch_rows:
+        print(f"{name:<{width}}{t:9.2f} us/call")
+    print()
+    print(f"ratio op / jax.jit(fn):            {t_op / t_jit:5.2f}x   (target <= 1.3x)")
+    print(f"ratio op / fn op-by-op:            {t_op / t_direct:5.2f}x")
+    print(f"ratio host op / jit(pure_callback): {t_host / t_cb:5.2f}x")
+    if torch_rows:
+        print(f"ratio op / torch custom_op:        {t_op / torch_rows[0][1]:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
