@@ -1,0 +1,735 @@
+"""``opcheck``: test an operator's registrations against each other and say which is wrong.
+
+PyTorch's ``torch.library.opcheck`` for jaxops.  One call runs up to six checks on one
+set of sample arguments; a failure raises :class:`OpCheckError` whose message names the
+op, the check, the registration at fault (``register_fake at file.py:LINE``,
+``register_autograd at ...``, ``register_vmap at ...``, ``the kernel at ...``) and how to
+fix it.  ``docs/opcheck.md`` explains every message.
+
+>>> import jax, jax.numpy as jnp, jaxops
+>>> @jaxops.custom_op("opcheckdoc::twice", mutates_args=())
+... def twice(x: jax.Array) -> jax.Array:
+...     return 2 * x
+>>> from jaxops.opcheck import opcheck
+>>> opcheck(twice, (jnp.arange(3.0),))["test_faketensor"]
+'SUCCESS'
+
+The checks (names as in ``test_utils``):
+
+* ``test_schema``: host kernels, called directly on writable NumPy copies of the
+  arguments, mutate only the arguments declared in ``mutates_args`` and return no
+  output that aliases an input.  Traceable kernels work on immutable JAX arrays, so
+  there is nothing to observe.
+* ``test_autograd_registration``: a differentiable host op has a ``register_autograd``
+  formula, and a registered formula runs (``jax.vjp`` through the op) and returns
+  gradients of the inputs' shapes.
+* ``test_faketensor``: the shapes and dtypes the fake (``jax.eval_shape``) predicts
+  equal the ones the kernel really returns; dimensions that are symbolic in the fake
+  (``get_ctx().new_dynamic_size()``) are wildcards.
+* ``test_aot_dispatch_dynamic``: the eager result equals the ``jax.jit`` result, and so
+  do the gradients (``jax.vjp`` with a fixed random cotangent).
+* ``test_vmap``: ``jax.vmap`` of the op (the ``register_vmap`` rule, the op's
+  ``vmap_method``, or JAX batching the body) equals a Python loop over the examples,
+  with all arguments batched, each one alone batched, and the batch axis last.
+* ``test_gradcheck``: in float64, reverse-mode gradients equal central finite
+  differences, and so do forward-mode ones where forward mode is supported, with
+  ``<J v, u> == <v, J^T u>``.
+
+Ops without a floating-point array input and a floating-point output are not
+differentiable: the gradient parts of the checks have nothing to do and report
+``"SUCCESS"``.  The same holds for ``test_gradcheck`` on a host op with no formula
+(``test_autograd_registration`` reports that op), and for the ``jax.jit`` / ``vmap``
+comparisons of an op with data-dependent output sizes, which cannot be traced by
+design: there ``test_aot_dispatch_dynamic`` checks that ``jax.jit`` raises the
+documented ``data-dependent`` error instead.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxops import registry as _registry
+from jaxops.dispatch import Kernel, source_location
+
+DEFAULT_TEST_UTILS: tuple[str, ...] = (
+    "test_schema",
+    "test_autograd_registration",
+    "test_faketensor",
+    "test_aot_dispatch_dynamic",
+    "test_vmap",
+    "test_gradcheck",
+)
+
+#: Default (rtol, atol) per dtype for the eager-vs-jit and vmap comparisons.
+_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float16": (1e-3, 1e-5),
+    "bfloat16": (1.6e-2, 1e-5),
+    "float32": (1.3e-6, 1e-5),
+    "float64": (1e-7, 1e-7),
+    "complex64": (1.3e-6, 1e-5),
+    "complex128": (1e-7, 1e-7),
+}
+
+_BATCH = 3
+
+
+class OpCheckError(Exception):
+    """An ``opcheck`` failure: which op, which check, which registration, and the fix.
+
+    Attributes: ``op`` (the op's name, ``"ns::op"``), ``check`` (e.g. ``"test_faketensor"``),
+    ``registration`` (e.g. ``"register_fake at model.py:12"``), ``fix`` (what to do).
+
+    >>> err = OpCheckError("mylib::foo", "test_vmap", "register_vmap at a.py:3", "wrong batch", "fix the rule")
+    >>> err.check, err.registration
+    ('test_vmap', 'register_vmap at a.py:3')
+    >>> print(str(err).splitlines()[0])
+    opcheck(mylib::foo) failed test_vmap: wrong batch
+    """
+
+    def __init__(self, op: str, check: str, registration: str, problem: str, fix: str) -> None:
+        self.op = op
+        self.check = check
+        self.registration = registration
+        self.problem = problem
+        self.fix = fix
+        super().__init__(
+            f"opcheck({op}) failed {check}: {problem}\n"
+            f"  registration at fault: {registration}\n"
+            f"  how to fix: {fix}"
+        )
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Failure(Exception):
+    """Raised inside a check; turned into an :class:`OpCheckError` by :func:`opcheck`."""
+
+    def __init__(self, registration: str, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.registration = registration
+        self.problem = problem
+        self.fix = fix
+
+
+def _is_float_dtype(dtype: Any) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def _is_float_leaf(x: Any) -> bool:
+    return hasattr(x, "dtype") and hasattr(x, "shape") and _is_float_dtype(x.dtype)
+
+
+def _describe_exc(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(e).__name__}: {first}"
+
+
+class _Case:
+    """One op and one bound set of arguments, with the ways of calling it opcheck needs."""
+
+    def __init__(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        self.op = op
+        self.name: str = op.name
+        self.params = op._binder.params
+        self.values: list[Any] = op._binder.bind(tuple(args), dict(kwargs))
+        # Inputs become JAX arrays once, so no eager call can mutate the caller's buffers.
+        self.values = [
+            jax.tree_util.tree_map(jnp.asarray, v) if p.is_array and v is not None else v
+            for p, v in zip(self.params, self.values)
+        ]
+        masked = [v if p.is_array else None for p, v in zip(self.params, self.values)]
+        self.leaves, self.treedef = jax.tree_util.tree_flatten(masked)
+        self.float_idx = [i for i, x in enumerate(self.leaves) if _is_float_leaf(x)]
+        # Names of the array leaves, for messages: "x", "xs[1]".
+        self.leaf_names: list[str] = []
+        for p, v in zip(self.params, self.values):
+            if not p.is_array or v is None:
+                continue
+            if isinstance(v, (list, tuple)):
+                self.leaf_names.extend(f"{p.name}[{k}]" for k in range(len(v)))
+            else:
+                self.leaf_names.append(p.name)
+
+    # -- calling ----------------------------------------------------------------------
+    def rebuild(self, leaves: Sequence[Any]) -> list[Any]:
+        arrays = jax.tree_util.tree_unflatten(self.treedef, list(leaves))
+        return [a if p.is_array else v for p, a, v in zip(self.params, arrays, self.values)]
+
+    def call_values(self, values: list[Any]) -> Any:
+        pos, kw = self.op._binder.split_call(values)
+        return self.op(*pos, **kw)
+
+    def call(self, leaves: Sequence[Any]) -> Any:
+        return self.call_values(self.rebuild(leaves))
+
+    def eager(self) -> Any:
+        try:
+            return self.call(self.leaves)
+        except Exception as e:  # noqa: BLE001 - reported as the kernel's failure
+            raise _Failure(
+                self.kernel_label(),
+                f"calling the op eagerly with these arguments raised {_describe_exc(e)}",
+                "make the kernel run on these arguments (or pass arguments the op accepts)",
+            ) from e
+
+    # -- differentiation --------------------------------------------------------------
+    def differentiable(self) -> bool:
+        """At least one floating array input and one floating output."""
+        if not self.float_idx:
+            return False
+        try:
+            out = jax.eval_shape(self.call, self.leaves)
+        except Exception:  # noqa: BLE001 - shape problems are test_faketensor's business
+            out = self.eager()
+        return any(_is_float_leaf(o) for o in jax.tree_util.tree_leaves(out))
+
+    def float_fn(self) -> Callable[..., list[Any]]:
+        """A function of the floating input leaves returning the floating output leaves."""
+
+        def fn(*floats: Any) -> list[Any]:
+            leaves = list(self.leaves)
+            for i, f in zip(self.float_idx, floats):
+                leaves[i] = f
+            out = jax.tree_util.tree_leaves(self.call(leaves))
+            return [o for o in out if _is_float_leaf(o)]
+
+        return fn
+
+    @property
+    def float_leaves(self) -> list[Any]:
+        return [self.leaves[i] for i in self.float_idx]
+
+    # -- registrations, for messages ---------------------------------------------------
+    def kernel(self) -> Kernel | None:
+        from jaxops.op import _platform_of_leaves
+
+        return self.op.kernels.for_platform(_platform_of_leaves(self.leaves))
+
+    def kernel_label(self) -> str:
+        k = self.kernel()
+        if k is None:
+            return "the kernel (none registered for this platform)"
+        return f"the {'host ' if k.host else ''}kernel at {k.where}"
+
+    @property
+    def is_host(self) -> bool:
+        k = self.kernel()
+        return bool(k is not None and k.host)
+
+    def fake_label(self) -> str:
+        if self.op._fake is not None:
+            return f"register_fake at {self.op._fake[1]}"
+        if self.op._derived_fake is not None:
+            return "the fake derived from the jaxtyping annotations (register_fake to override it)"
+        if self.is_host:
+            return "register_fake (none registered)"
+        return f"the kernel at {self.kernel().where} (JAX traces it for shapes)" if self.kernel() else "the kernel"
+
+    def autograd_label(self) -> str:
+        reg = self.op._autograd
+        if reg is not None:
+            return f"register_autograd at {getattr(reg, 'where', '<unknown>')}"
+        if self.is_host:
+            return "register_autograd (none registered)"
+        return f"{self.kernel_label()} (JAX differentiates its body; no register_autograd)"
+
+    def vmap_label(self) -> str:
+        rule = self.op._vmap_rule
+        if rule is not None:
+            return f"register_vmap at {source_location(rule)}"
+        if self.is_host:
+            method = self.op.vmap_method or "sequential"
+            return f"vmap_method={method!r} of custom_op at {self.op._where} (no register_vmap)"
+        return f"{self.kernel_label()} (JAX batches its body; no register_vmap)"
+
+    def has_dynamic_sizes(self) -> bool:
+        """Whether the fake asks for data-dependent output sizes."""
+        if self.op.active_fake() is None:
+            return False
+        try:
+            _, dynamic = self.op.abstract_eval(self.values)
+        except Exception:  # noqa: BLE001 - test_faketensor reports a broken fake
+            return False
+        return bool(dynamic)
+
+
+def _tolerance(dtype: Any, rtol: float | None, atol: float | None) -> tuple[float, float]:
+    r, a = _TOLERANCES.get(np.dtype(dtype).name if _is_float_dtype(dtype) else "", (0.0, 0.0))
+    return (r if rtol is None else rtol), (a if atol is None else atol)
+
+
+def _compare_trees(
+    expected: Any,
+    actual: Any,
+    *,
+    rtol: float | None,
+    atol: float | None,
+    what: str,
+) -> tuple[str, AssertionError] | None:
+    """Compare two output pytrees; return ``(problem, assertion)`` for the first mismatch."""
+    e_leaves, e_tree = jax.tree_util.tree_flatten(expected)
+    a_leaves, a_tree = jax.tree_util.tree_flatten(actual)
+    if e_tree != a_tree:
+        msg = f"{what}: the outputs have different structures: {e_tree} vs {a_tree}"
+        return msg, AssertionError(msg)
+    for k, (e, a) in enumerate(zip(e_leaves, a_leaves)):
+        e_np, a_np = np.asarray(e), np.asarray(a)
+        if e_np.shape != a_np.shape or e_np.dtype != a_np.dtype:
+            msg = f"{what}: output {k} is {e_np.dtype}{list(e_np.shape)} vs {a_np.dtype}{list(a_np.shape)}"
+            return msg, AssertionError(msg)
+        r, t = _tolerance(e_np.dtype, rtol, atol)
+        try:
+            np.testing.assert_allclose(a_np, e_np, rtol=r, atol=t, equal_nan=True, err_msg=f"output {k}")
+        except AssertionError as err:
+            diff = np.abs(a_np.astype(np.float64) - e_np.astype(np.float64)) if a_np.size else np.zeros(1)
+            worst = float(np.nanmax(diff)) if diff.size else 0.0
+            return (
+                f"{what}: output {k} differs (max absolute difference {worst:.6g}, rtol={r}, atol={t})",
+                err,
+            )
+    return None
+
+
+def _tree_shapes(tree: Any) -> list[tuple[tuple[Any, ...], Any]]:
+    return [(tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+# ------------------------------------------------------------------------------ checks
+def _check_schema(case: _Case, rtol: float | None, atol: float | None) -> None:
+    op = case.op
+    mutable = op.mutated_args
+    for _key, kernel in op.kernels.items():
+        if not kernel.host:
+            continue
+        copies = [
+            jax.tree_util.tree_map(lambda a: np.array(a, copy=True), v) if p.is_array and v is not None else v
+            for p, v in zip(case.params, case.values)
+        ]
+        before = [
+            jax.tree_util.tree_map(lambda a: np.array(a, copy=True), v) if p.is_array and v is not None else v
+            for p, v in zip(case.params, copies)
+        ]
+        try:
+            out = op.call_kernel(kernel.fn, copies)
+        except Exception as e:  # noqa: BLE001
+            raise _Failure(
+                f"the host kernel at {kernel.where}",
+                f"calling the host kernel directly on NumPy copies of the arguments raised {_describe_exc(e)}",
+                "make the kernel accept writable np.ndarray arguments of these shapes and dtypes",
+            ) from e
+        for p, now, then in zip(case.params, copies, before):
+            if not p.is_array or now is None:
+                continue
+            if p.name in mutable:
+                continue
+            for a, b in zip(jax.tree_util.tree_leaves(now), jax.tree_util.tree_leaves(then)):
+                if not np.array_equal(a, b, equal_nan=True):
+                    raise _Failure(
+                        f"the host kernel at {kernel.where} (or mutates_args of custom_op at {op._where})",
+                        f"Argument {p.name} is not defined as mutable but was mutated by the kernel",
+                        f"either declare it, mutates_args={{{p.name!r}}} (the op then returns its new "
+                        f"value), or stop writing to it (work on a copy: {p.name} = {p.name}.copy())",
+                    )
+        inputs = [(p.name, a) for p, v in zip(case.params, copies) if p.is_array and v is not None
+                  for a in jax.tree_util.tree_leaves(v)]
+        for k, o in enumerate(jax.tree_util.tree_leaves(out)):
+            if not isinstance(o, np.ndarray):
+                continue
+            for pname, a in inputs:
+                if np.shares_memory(o, a):
+                    raise _Failure(
+                        f"the host kernel at {kernel.where}",
+                        f"Argument {pname} is not defined to alias output {k}, but output {k} of the "
+                        f"kernel shares memory with {pname}",
+                        f"return a fresh array (e.g. {pname}.copy(), or np.array(...)); outputs of an "
+                        "op may not alias its inputs",
+                    )
+        try:
+            op.check_outputs(out)
+        except RuntimeError as e:
+            raise _Failure(
+                f"the host kernel at {kernel.where}",
+                f"the kernel's return value does not match the schema {op.schema}: {e}",
+                "return what the schema's return type says (or fix the return annotation)",
+            ) from e
+
+
+def _check_autograd_registration(case: _Case, rtol: float | None, atol: float | None) -> None:
+    if not case.differentiable():
+        return
+    op = case.op
+    if op._autograd is None:
+        if case.is_host:
+            raise _Failure(
+                "register_autograd (none registered)",
+                "the op is a host op with floating-point inputs and outputs but no autograd formula; "
+                "JAX cannot differentiate a host kernel, so jax.grad through it gives a zero "
+                "gradient (with a warning) or an error",
+                f"register a backward: {op.name.split('::')[-1]}.register_autograd(backward, "
+                "setup_context=setup_context), or, if the op is really not differentiable, "
+                "pass non-floating inputs / skip this check with test_utils",
+            )
+        return
+    fn = case.float_fn()
+    primals = case.float_leaves
+    label = case.autograd_label()
+    try:
+        outs, vjp_fn = jax.vjp(fn, *primals)
+        cts = [jnp.ones_like(o) for o in outs]
+        grads = vjp_fn(cts)
+    except Exception as e:  # noqa: BLE001
+        raise _Failure(
+            label,
+            f"differentiating the op (jax.vjp) raised {_describe_exc(e)}",
+            "make backward(ctx, *grads) (and setup_context) run: save what backward needs with "
+            "ctx.save_for_backward(...) in setup_context and return one gradient per positional input",
+        ) from e
+    for i, g, p in zip(case.float_idx, grads, primals):
+        if np.shape(g) != np.shape(p):
+            raise _Failure(
+                label,
+                f"the gradient for {case.leaf_names[i]} has shape {np.shape(g)}, expected {np.shape(p)}",
+                "return gradients of the same shapes as the inputs from backward",
+            )
+        if not np.all(np.isfinite(np.asarray(g))) and np.all(np.isfinite(np.asarray(p))):
+            raise _Failure(
+                label,
+                f"the gradient for {case.leaf_names[i]} has non-finite values {np.asarray(g)}",
+                "check the backward formula for divisions by zero or logs of non-positive values",
+            )
+
+
+def _check_faketensor(case: _Case, rtol: float | None, atol: float | None) -> None:
+    op = case.op
+    real = case.eager()
+    label = case.fake_label()
+    if case.is_host and op.active_fake() is None:
+        raise _Failure(
+            label,
+            "the op is a host op with no fake, so it cannot be traced (jit, grad, vmap, eval_shape)",
+            f"register one: @{op.name.split('::')[-1]}.register_fake returning "
+            "jax.ShapeDtypeStruct(s) of the outputs",
+        )
+    fakes: list[tuple[str, Any]] = []
+    try:
+        fakes.append(("jax.eval_shape", jax.eval_shape(case.call, case.leaves)))
+        if op._fake is not None and not case.is_host and not op.mutated_args:
+            # A traceable op's own fake is not used for tracing, but plan() and profiles use it.
+            fakes.append(("the fake", op.abstract_eval(case.values)[0]))
+    except Exception as e:  # noqa: BLE001
+        raise _Failure(
+            label,
+            f"evaluating the fake (shape-only) raised {_describe_exc(e)}",
+            "make the fake run on abstract arguments (use x.shape / x.dtype and jnp functions only, "
+            "no NumPy on values)",
+        ) from e
+    real_leaves, real_tree = jax.tree_util.tree_flatten(real)
+    for how, fake in fakes:
+        fake_leaves, fake_tree = jax.tree_util.tree_flatten(fake)
+        if len(fake_leaves) != len(real_leaves):
+            raise _Failure(
+                label,
+                f"the fake ({how}) describes {len(fake_leaves)} output(s) but the kernel returned "
+                f"{len(real_leaves)}",
+                "return one jax.ShapeDtypeStruct per output of the kernel, in the same structure",
+            )
+        for k, (f, r) in enumerate(zip(fake_leaves, real_leaves)):
+            fshape, rshape = tuple(f.shape), tuple(np.shape(r))
+            ok = len(fshape) == len(rshape) and all(
+                not isinstance(fd, (int, np.integer)) or int(fd) == rd for fd, rd in zip(fshape, rshape)
+            )
+            if not ok:
+                raise _Failure(
+                    label,
+                    f"output {k}: Shapes {fshape} (fake) and {rshape} (real, from the kernel) are not equal",
+                    "make the fake compute the output shape from the input shapes exactly as the "
+                    "kernel does (use get_ctx().new_dynamic_size() for data-dependent sizes)",
+                )
+            if np.dtype(f.dtype) != np.dtype(r.dtype):
+                raise _Failure(
+                    label,
+                    f"output {k}: Dtypes {np.dtype(f.dtype)} (fake) and {np.dtype(r.dtype)} (real, from "
+                    "the kernel) are not equal",
+                    "make the fake return the dtype the kernel returns (e.g. x.dtype, or the promoted "
+                    "dtype jnp.result_type(x, y)); or make the kernel cast its result",
+                )
+
+
+def _vjp_cotangents(outs: list[Any], seed: int = 0) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal(np.shape(o)), o.dtype) for o in outs]
+
+
+def _check_aot_dispatch_dynamic(case: _Case, rtol: float | None, atol: float | None) -> None:
+    op = case.op
+    eager = case.eager()
+    if case.has_dynamic_sizes():
+        try:
+            jax.jit(case.call)(case.leaves)
+        except Exception as e:  # noqa: BLE001
+            if "data-dependent" in str(e):
+                return
+            raise _Failure(
+                case.fake_label(),
+                f"an op with data-dependent output sizes raised {_describe_exc(e)} under jax.jit "
+                "instead of the documented data-dependent error",
+                "keep get_ctx().new_dynamic_size() only for sizes that really depend on values",
+            ) from e
+        return
+    try:
+        jitted = jax.jit(case.call)(case.leaves)
+    except Exception as e:  # noqa: BLE001
+        raise _Failure(
+            case.fake_label() if case.is_host else case.kernel_label(),
+            f"eager vs jax.jit: the op runs eagerly but raised {_describe_exc(e)} under jax.jit",
+            "host ops run through a callback whose shapes come from the fake: check the fake; "
+            "traceable kernels must not branch on array values in Python",
+        ) from e
+    mismatch = _compare_trees(eager, jitted, rtol=rtol, atol=atol, what="eager vs jax.jit")
+    if mismatch is not None:
+        problem, err = mismatch
+        raise _Failure(
+            case.kernel_label() if not case.is_host else f"{case.kernel_label()} or {case.fake_label()}",
+            problem + f"\n{str(err).strip()}",
+            "the kernel must compute the same values when called eagerly and under jax.jit: no "
+            "hidden state or randomness, and a host op's fake must give the kernel's dtype (the "
+            "callback casts to it); pass atol=/rtol= if the difference is acceptable rounding",
+        ) from err
+    if not case.differentiable() or (case.is_host and op._autograd is None):
+        return
+    fn = case.float_fn()
+
+    def grads(*primals: Any) -> Any:
+        outs, vjp_fn = jax.vjp(fn, *primals)
+        return vjp_fn(_vjp_cotangents(outs))
+
+    label = case.autograd_label()
+    try:
+        g_eager = grads(*case.float_leaves)
+        g_jit = jax.jit(grads)(*case.float_leaves)
+    except Exception as e:  # noqa: BLE001
+        raise _Failure(
+            label,
+            f"eager vs jax.jit: computing gradients raised {_describe_exc(e)}",
+            "make the backward formula traceable (JAX operations on ctx.saved_tensors and the "
+            "incoming gradients)",
+        ) from e
+    mismatch = _compare_trees(list(g_eager), list(g_jit), rtol=rtol, atol=atol, what="eager vs jax.jit gradients")
+    if mismatch is not None:
+        problem, err = mismatch
+        raise _Failure(
+            label,
+            problem + f"\n{str(err).strip()}",
+            "the backward must compute the same gradients eagerly and under jax.jit (no hidden "
+            "state, no Python branching on values)",
+        ) from err
+
+
+def _batch_leaf(x: Any, axis: int) -> Any:
+    """``_BATCH`` distinct examples of ``x`` stacked along ``axis``."""
+    if _is_float_leaf(x):
+        examples = [x * jnp.asarray(1.0 - 0.1 * b, x.dtype) for b in range(_BATCH)]
+    else:
+        examples = [x] * _BATCH
+    return jnp.stack(examples, axis=axis)
+
+
+def _vmap_configs(case: _Case) -> list[tuple[str, list[Any]]]:
+    """``(description, per-parameter batch axis or None)`` configurations to test."""
+    arrays = [i for i, (p, v) in enumerate(zip(case.params, case.values)) if p.is_array and v is not None]
+    if not arrays:
+        return []
+    configs: list[tuple[str, list[Any]]] = []
+    all0: list[Any] = [0 if i in arrays else None for i in range(len(case.params))]
+    configs.append(("all array arguments batched (in_axes=0)", all0))
+    if len(arrays) > 1:
+        for i in arrays:
+            one = [0 if j == i else None for j in range(len(case.params))]
+            configs.append((f"only {case.params[i].name} batched", one))
+    last: list[Any] = []
+    for j, v in enumerate(case.values):
+        if j not in arrays:
+            last.append(None)
+        elif isinstance(v, (list, tuple)):
+            last.append([np.ndim(e) for e in v])
+        else:
+            last.append(np.ndim(v))
+    if any((a != 0 if not isinstance(a, list) else any(x != 0 for x in a)) for a in last if a is not None):
+        configs.append(("batch axis last (non-zero in_axes)", last))
+    return configs
+
+
+def _check_vmap(case: _Case, rtol: float | None, atol: float | None) -> None:
+    if case.has_dynamic_sizes():
+        return
+    case.eager()
+    for description, axes in _vmap_configs(case):
+        batched_values: list[Any] = []
+        in_axes: list[Any] = []
+        for v, ax in zip(case.values, axes):
+            if ax is None:
+                batched_values.append(v)
+                in_axes.append(None)
+            elif isinstance(v, (list, tuple)):
+                axl = ax if isinstance(ax, list) else [ax] * len(v)
+                batched_values.append([_batch_leaf(e, a) for e, a in zip(v, axl)])
+                in_axes.append(list(axl))
+            else:
+                batched_values.append(_batch_leaf(v, ax))
+                in_axes.append(ax)
+        arr_pos = [j for j, p in enumerate(case.params) if p.is_array]
+
+        def per_arrays(*arrs: Any, _bv: list[Any] = batched_values, _pos: list[int] = arr_pos) -> Any:
+            vals = list(_bv)
+            for j, a in zip(_pos, arrs):
+                vals[j] = a
+            return case.call_values(vals)
+
+        arr_args = [batched_values[j] for j in arr_pos]
+        arr_axes = [in_axes[j] for j in arr_pos]
+        try:
+            got = jax.vmap(per_arrays, in_axes=tuple(arr_axes))(*arr_args)
+        except Exception as e:  # noqa: BLE001
+            raise _Failure(
+                case.vmap_label(),
+                f"jax.vmap of the op ({description}) raised {_describe_exc(e)}",
+                "the vmap rule must handle in_dims of None (unbatched) and any batch axis; return "
+                "(output, out_dims) with out_dims matching the output structure",
+            ) from e
+        examples = []
+        for b in range(_BATCH):
+            vals = []
+            for v, ax in zip(batched_values, in_axes):
+                if ax is None:
+                    vals.append(v)
+                elif isinstance(v, list):
+                    vals.append([jnp.take(e, b, axis=a) for e, a in zip(v, ax)])
+                else:
+                    vals.append(jnp.take(v, b, axis=ax))
+            examples.append(case.call_values(vals))
+        expected = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *examples)
+        mismatch = _compare_trees(expected, got, rtol=rtol, atol=atol, what=f"vmap vs a loop ({description})")
+        if mismatch is not None:
+            problem, err = mismatch
+            raise _Failure(
+                case.vmap_label(),
+                problem + f"\n{str(err).strip()}",
+                "the batched result must equal calling the op once per example and stacking "
+                "(out_axes=0): check how the rule moves the batch axis (in_dims may be None or "
+                "non-zero); a host op with vmap_method='expand_dims'/'broadcast_all' needs a "
+                "kernel that handles a leading batch axis, otherwise use 'sequential'",
+            ) from err
+
+
+def _check_gradcheck(case: _Case, rtol: float | None, atol: float | None) -> None:
+    if not case.differentiable() or (case.is_host and case.op._autograd is None):
+        return
+    if case.has_dynamic_sizes():
+        return
+    from custom_vjp import GradcheckError, gradcheck
+
+    fn = case.float_fn()
+    legend = ", ".join(f"input {k} = {case.leaf_names[i]}" for k, i in enumerate(case.float_idx))
+    try:
+        gradcheck(
+            fn,
+            tuple(case.float_leaves),
+            atol=1e-5 if atol is None else atol,
+            rtol=1e-3 if rtol is None else rtol,
+        )
+    except GradcheckError as e:
+        raise _Failure(
+            case.autograd_label(),
+            f"gradients disagree with finite differences (float64; {legend}): {e}",
+            "fix the backward formula (compare it with the derivative of the kernel); a formula "
+            "that is only correct in one mode means backward is not the transpose of the forward",
+        ) from e
+    except Exception as e:  # noqa: BLE001
+        raise _Failure(
+            case.autograd_label(),
+            f"gradcheck (float64) raised {_describe_exc(e)}",
+            "the op and its backward must run on float64 inputs (the fake should use x.dtype, not "
+            "a fixed float32)",
+        ) from e
+
+
+_CHECKS: dict[str, Callable[[_Case, float | None, float | None], None]] = {
+    "test_schema": _check_schema,
+    "test_autograd_registration": _check_autograd_registration,
+    "test_faketensor": _check_faketensor,
+    "test_aot_dispatch_dynamic": _check_aot_dispatch_dynamic,
+    "test_vmap": _check_vmap,
+    "test_gradcheck": _check_gradcheck,
+}
+
+
+def _normalize_test_utils(test_utils: str | Iterable[str]) -> list[str]:
+    names = [test_utils] if isinstance(test_utils, str) else list(test_utils)
+    unknown = [n for n in names if n not in _CHECKS]
+    if unknown:
+        raise ValueError(
+            f"opcheck: unknown test_utils {unknown}; expected some of {list(DEFAULT_TEST_UTILS)}"
+        )
+    return names
+
+
+def opcheck(
+    op: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any] | None = None,
+    *,
+    test_utils: str | Iterable[str] = DEFAULT_TEST_UTILS,
+    raise_exception: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> dict[str, Any]:
+    """Check ``op``'s registrations against each other on ``args``/``kwargs``.
+
+    Returns ``{check: "SUCCESS"}`` for each check in ``test_utils`` (all six by default).
+    A failing check raises :class:`OpCheckError`; with ``raise_exception=False`` its
+    entry holds the exception instead and the other checks still run.  ``atol``/``rtol``
+    override the tolerances of the numeric comparisons.
+
+    >>> import jax, jax.numpy as jnp, jaxops
+    >>> @jaxops.custom_op("opcheckdoc::cube", mutates_args=())
+    ... def cube(x: jax.Array) -> jax.Array:
+    ...     return x ** 3
+    >>> from jaxops.opcheck import opcheck
+    >>> sorted(opcheck(cube, (jnp.arange(3.0),)).values())
+    ['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']
+    """
+    names = _normalize_test_utils(test_utils)
+    the_op = _registry.as_op(op)
+    case = _Case(the_op, args, kwargs or {})
+    results: dict[str, Any] = {}
+    for name in names:
+        try:
+            _CHECKS[name](case, rtol, atol)
+        except _Failure as f:
+            err = OpCheckError(the_op.name, name, f.registration, f.problem, f.fix)
+            err.__cause__ = f.__cause__
+            if raise_exception:
+                raise err from f.__cause__
+            results[name] = err
+            continue
+        except Exception as e:  # noqa: BLE001 - a bug in the check must still name the op
+            err = OpCheckError(
+                the_op.name, name, "unknown (opcheck could not run this check)",
+                f"the check raised {_describe_exc(e)}\n{traceback.format_exc(limit=3)}",
+                "report this with the op and arguments",
+            )
+            if raise_exception:
+                raise err from e
+            results[name] = err
+            continue
+        results[name] = "SUCCESS"
+    return results
+
+
+__all__ = ["DEFAULT_TEST_UTILS", "OpCheckError", "opcheck"]
