@@ -402,7 +402,8 @@ def _flatten_out(out: Any) -> tuple[list[Any], _OutSpec]:
     is_tuple = isinstance(out, tuple)
     tops = out if is_tuple else (out,)
     counts = [len(jax.tree_util.tree_leaves(t, is_leaf=_is_leaf)) for t in tops]
-    return [jnp.asarray(x) for x in dyn], _OutSpec(tree, static, is_tuple, counts)
+    dyn = [x if isinstance(x, (jax.Array, core.Tracer)) else jnp.asarray(x) for x in dyn]
+    return dyn, _OutSpec(tree, static, is_tuple, counts)
 
 
 def _unflatten_out(spec: _OutSpec, dyn: Sequence[Any]) -> Any:
@@ -412,7 +413,7 @@ def _unflatten_out(spec: _OutSpec, dyn: Sequence[Any]) -> Any:
 
 
 def _sig(leaves: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+    return tuple((x.shape, x.dtype) for x in leaves)
 
 
 # ----------------------------------------------------------------------------- the traced call
@@ -889,6 +890,11 @@ class Function:
                 leaves.extend(
                     e if isinstance(e, (jax.Array, core.Tracer)) else jnp.asarray(e) for e in a
                 )
-        out_dyn = built.fn(*leaves)
+        if any(isinstance(x, core.Tracer) for x in leaves):
+            out_dyn = built.fn(*leaves)
+        else:
+            # Concrete inputs cannot carry tangents or batch dims: skip the custom_jvp
+            # machinery (~0.7 ms per eager call) and run the forward directly.
+            out_dyn = built._forward_flat(*leaves)
         spec = built.out_specs[_sig(leaves)]
         return _unflatten_out(spec, out_dyn)
