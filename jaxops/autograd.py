@@ -243,8 +243,11 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
         return run_kernels(op, unflatten(flat))
 
     def setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        view = _CtxView(ctx, per_param_needs(tuple(getattr(ctx, "needs_input_grad", ()))))
-        object.__setattr__(ctx, "_jaxops_view", view)
+        needs = per_param_needs(tuple(getattr(ctx, "needs_input_grad", ())))
+        view = _CtxView(ctx, needs)
+        # Only the static tuple travels to backward: a view (holding this forward ctx and
+        # its traced saved arrays) would be frozen as static aux data and leak tracers.
+        object.__setattr__(ctx, "_jaxops_needs", needs)
         if reg.setup_context is None:
             return
         vals = unflatten(inputs)
@@ -255,7 +258,7 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
             reg.setup_context(view, pos, output)
 
     def backward(ctx: Any, *grads: Any) -> Any:
-        view = getattr(ctx, "_jaxops_view", None) or _CtxView(ctx, ())
+        view = _CtxView(ctx, getattr(ctx, "_jaxops_needs", ()))
         res = reg.backward(view, *grads)
         if not isinstance(res, (tuple, list)) or (
             n_pos == 1 and struct[0] is not None and isinstance(res, list)
