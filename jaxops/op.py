@@ -299,6 +299,10 @@ class CustomOp:
 
     def _slow_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         values = self._binder.bind(args, kwargs)
+        if self._mutated:  # copy-outs and jax.Ref write-back (jaxops.mutation)
+            from jaxops import mutation
+
+            return mutation.call(self, values)
         arrays, statics = self._split(values)
         if profiles._RECORDING:
             out = self._call(values, arrays, statics)
@@ -665,6 +669,10 @@ def run_kernels(op: CustomOp, values: list[Any]) -> Any:
         from jaxops import vmap
 
         return vmap.run_with_rule(op, values, _run_kernels_plain)
+    if op._sharding_rule is not None:
+        from jaxops import sharding
+
+        return sharding.run_partitioned(op, values, _run_kernels_plain)
     return _run_kernels_plain(op, values)
 
 
