@@ -125,9 +125,18 @@ def _is_float_leaf(x: Any) -> bool:
 
 
 def _describe_exc(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(e).__name__}: {first}"
+    """``Type: message`` of an exception, one line; a host callback's error gives its last line.
+
+    >>> _describe_exc(ValueError("bad\\nmore"))
+    'ValueError: bad'
+    """
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Traceback (most recent call last)" in str(e):
+        # A host callback's error (JaxRuntimeError): the real error is the last line.
+        return lines[-1]
+    return f"{type(e).__name__}: {lines[0]}"
 
 
 class _Case:
