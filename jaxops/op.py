@@ -507,7 +507,10 @@ class CustomOp:
 
             return jax.eval_shape(traced, abstract)
 
-        result = _fake.run_fake(self.name, fake, run)
+        from jaxops import dynamic as _dyn
+
+        with _dyn.symbolic_scope_of(abstract):  # dynamic sizes share the inputs' symbolic scope
+            result = _fake.run_fake(self.name, fake, run)
         if key is not None:
             self._fake_cache[key] = result
         return result
