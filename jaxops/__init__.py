@@ -27,6 +27,16 @@ from jaxops.library import (
 )
 from jaxops.monitoring import compile_counter
 from jaxops.op import CustomOp, custom_op
+from jaxops.plan import Plan, plan
+from jaxops.profiles import (
+    MissingOpProfile,
+    OpProfile,
+    TensorMetadata,
+    load_op_profiles,
+    record_op_profiles,
+    save_op_profiles,
+    unsafe_generate_fake_kernels,
+)
 from jaxops.registry import OpOverloadPacket, ops
 from jaxops.schema import FunctionSchema, parse_schema
 
@@ -36,7 +46,11 @@ __all__ = [
     "CustomOp",
     "FunctionSchema",
     "Library",
+    "MissingOpProfile",
+    "OpProfile",
     "OpOverloadPacket",
+    "Plan",
+    "TensorMetadata",
     "autograd_fallback_mode",
     "compile_counter",
     "custom_op",
@@ -46,13 +60,18 @@ __all__ = [
     "impl",
     "infer_schema",
     "infer_function_schema",
+    "load_op_profiles",
     "infer_schema",
     "ops",
     "parse_schema",
+    "plan",
+    "record_op_profiles",
     "register_autograd",
     "register_fake",
     "register_kernel",
     "register_vmap",
+    "save_op_profiles",
     "set_autograd_fallback_mode",
     "types",
+    "unsafe_generate_fake_kernels",
 ]
