@@ -453,7 +453,8 @@ class Plan:
     """The result of :func:`plan`: op-call records, primitive aggregates and totals.
 
     Iterating yields the records (dicts); ``str(plan)`` is an aligned table
-    ending in a ``total`` line; ``_repr_html_`` renders it in notebooks.
+    ending in a ``total`` line; ``_repr_html_`` renders it in notebooks;
+    :meth:`summary` adds parameters and activation bytes.
 
     >>> # for rec in jaxops.plan(model, x): print(rec["op"], rec["outputs"], rec["flops"])
     """
@@ -527,14 +528,18 @@ class Plan:
             lines.append("  ".join(cells).rstrip())
             if k == 0 or k == len(rows) - 2:
                 lines.append("  ".join("-" * w for w in widths))
-        extra = []
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """One line: parameters, activation bytes, records with unknown FLOPs."""
         t = self.totals
+        extra = []
         if t.get("parameters") is not None:
             extra.append(f"parameters {_fmt_num(t['parameters'])}")
         extra.append(f"activation_bytes {_fmt_num(t['activation_bytes'])}")
         if t["unknown_flops"]:
             extra.append(f"{t['unknown_flops']} record(s) with unknown flops")
-        return "\n".join(lines) + "\n" + "; ".join(extra)
+        return "; ".join(extra)
 
     def __str__(self) -> str:
         return self.table()
@@ -547,7 +552,10 @@ class Plan:
             style = ' style="font-weight:bold;border-top:1px solid"' if k == len(rows) - 2 else ""
             body.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
         t = self.totals
-        caption = f"jaxops.Plan: {t['op_calls']} op calls, flops {html.escape(_fmt_num(t['flops']))}, bytes {html.escape(_fmt_num(t['bytes']))}"
+        caption = (
+            f"jaxops.Plan: {t['op_calls']} op calls, flops {html.escape(_fmt_num(t['flops']))}, "
+            f"bytes {html.escape(_fmt_num(t['bytes']))}; {html.escape(self.summary())}"
+        )
         return (
             f'<table class="jaxops-plan"><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>"

@@ -1,0 +1,311 @@
+"""jaxops.plan: records per op call, FLOPs/bytes, symbolic shapes, grad, caching, tables."""
+
+# ruff: noqa: F722 - jaxtyping shape strings in annotations
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jaxtyping import Array, Float
+
+import jaxops
+from jaxops.plan import is_planning, register_cost
+
+PLAN = sys.modules["jaxops.plan"]  # the module (jaxops.plan is the function)
+S = jax.ShapeDtypeStruct
+F32 = jnp.float32
+
+
+@pytest.fixture(scope="module")
+def ops():
+    @jaxops.custom_op("plantest::mm", mutates_args=())
+    def mm(a: jax.Array, b: jax.Array) -> jax.Array:
+        return a @ b
+
+    @jaxops.custom_op("plantest::act", mutates_args=())
+    def act(x: jax.Array) -> jax.Array:
+        return jnp.tanh(x)
+
+    @jaxops.custom_op("plantest::hsin", mutates_args=(), host=True)
+    def hsin(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    @hsin.register_fake
+    def _(x):
+        return S(x.shape, x.dtype)
+
+    @jaxops.custom_op("plantest::hmm", mutates_args=(), host=True)
+    def hmm(a: Float[Array, "m k"], b: Float[Array, "k n"]) -> Float[Array, "m n"]:
+        return a @ b
+
+    @jaxops.custom_op("plantest::outer", mutates_args=())
+    def outer(x: jax.Array) -> jax.Array:
+        return act(x) * 2.0
+
+    return {"mm": mm, "act": act, "hsin": hsin, "hmm": hmm, "outer": outer}
+
+
+def test_records_one_per_op_call_with_shapes_bytes_flops(ops):
+    mm, act = ops["mm"], ops["act"]
+    p = jaxops.plan(lambda x, w: act(mm(x, w)), S((2, 4), F32), S((4, 3), F32))
+    assert isinstance(p, jaxops.Plan)
+    assert [r["op"] for r in p.records] == ["plantest::mm", "plantest::act"]
+    r0 = p.records[0]
+    assert r0["inputs"] == [S((2, 4), F32), S((4, 3), F32)]
+    assert r0["outputs"] == [S((2, 3), F32)]
+    assert r0["bytes"] == (8 + 12 + 6) * 4
+    assert r0["flops"] == 2 * 2 * 3 * 4
+    assert p.records[1]["flops"] == 6  # elementwise: output size
+    assert p.totals["flops"] == 48 + 6
+    assert p.totals["bytes"] == (8 + 12 + 6) * 4 + 12 * 4
+    assert p.totals["parameters"] == 8  # elements of the first argument (two-argument fn)
+    assert p.totals["activation_bytes"] == 2 * 6 * 4
+    assert list(p) == p.records and len(p) == 2 and p[1]["op"] == "plantest::act"
+    assert p.outputs == S((2, 3), F32)
+
+
+def test_symbolic_shapes_give_symbolic_totals(ops):
+    mm = ops["mm"]
+    b, = jax.export.symbolic_shape("b")
+    p = jaxops.plan(lambda x, w: mm(x, w), S((b, 4), F32), S((4, 3), F32))
+    assert str(p.records[0]["flops"]) == "24*b"
+    assert p.records[0]["outputs"][0].shape[0] == b
+    assert str(p.totals["bytes"]) == "28*b + 48"
+    assert str(p.totals["flops"]) == "24*b"
+
+
+def test_jax_primitives_outside_ops_are_aggregated_not_records(ops):
+    act = ops["act"]
+    p = jaxops.plan(lambda x: jnp.sum(jnp.sin(act(x))), S((8,), F32))
+    assert [r["op"] for r in p] == ["plantest::act"]
+    assert p.jax_primitives["sin"] == {"count": 1, "flops": 8, "bytes": 64, "output_bytes": 32}
+    assert p.jax_primitives["reduce_sum"]["flops"] == 8
+    assert p.totals["jax_flops"] == 16
+    assert p.totals["flops"] == 8 + 16
+    text = str(p)
+    assert "(jax: 2 primitives)" in text
+    per = p.table(jax="per-primitive")
+    assert "(jax) sin" in per and "(jax) reduce_sum" in per
+    with pytest.raises(ValueError, match="must be 'line', 'per-primitive' or 'none'"):
+        p.table(jax="bogus")
+
+
+def test_str_is_an_aligned_table_ending_in_total_and_html(ops):
+    mm, act = ops["mm"], ops["act"]
+    p = jaxops.plan(lambda x, w: act(mm(x, w)), S((2, 4), F32), S((4, 3), F32))
+    lines = str(p).splitlines()
+    assert lines[0].split() == ["#", "op", "inputs", "outputs", "calls", "bytes", "flops"]
+    assert lines[-1].split()[0] == "total"
+    assert lines[-1].split()[-1] == "54"
+    # aligned: the op column starts at the same offset on every record line
+    col = lines[0].index("op")
+    assert lines[2][col:].startswith("plantest::mm") and lines[3][col:].startswith("plantest::act")
+    assert "f32[2,4] f32[4,3]" in lines[2]
+    html = p._repr_html_()
+    assert html.startswith("<table") and "<td>plantest::mm</td>" in html and "total" in html
+    assert "activation_bytes" in p.summary()
+
+
+def test_grad_of_a_loss_plans_forward_and_backward_copies(ops):
+    mm, act = ops["mm"], ops["act"]
+
+    def loss(w, x):
+        return jnp.sum(act(mm(x, w)))
+
+    p = jaxops.plan(jax.grad(loss), S((4, 3), F32), S((2, 4), F32))
+    names = [r["op"] for r in p]
+    assert names.count("plantest::mm") == 2 and names.count("plantest::act") == 2
+    assert p.outputs == S((4, 3), F32)
+    assert p.totals["flops"] > 0
+
+
+def test_host_ops_plan_through_their_fake_with_unknown_flops(ops):
+    hsin = ops["hsin"]
+    p = jaxops.plan(lambda x: hsin(x), S((3, 5), F32))
+    (r,) = p.records
+    assert r["op"] == "plantest::hsin" and r["outputs"] == [S((3, 5), F32)] and r["host"] is True
+    assert r["flops"] is None
+    assert p.totals["unknown_flops"] == 1
+    assert "?" in str(p).splitlines()[2]
+
+
+def test_host_op_with_annotation_derived_fake_plans_symbolically(ops):
+    hmm = ops["hmm"]
+    b, = jax.export.symbolic_shape("b")
+    p = jaxops.plan(hmm, S((b, 3), F32), S((3, 5), F32))
+    assert p.records[0]["outputs"] == [S((b, 5), F32)]
+
+
+def test_registered_cost_function_wins(ops):
+    hsin = ops["hsin"]
+    register_cost(hsin, lambda ins, outs: 7 * ins[0].shape[0])
+    try:
+        p = jaxops.plan(lambda x: hsin(x), S((3, 5), F32))
+        assert p.records[0]["flops"] == 21
+        assert jaxops.plan.register_cost is register_cost
+    finally:
+        PLAN._COSTS.pop("plantest::hsin", None)
+        PLAN._COST_GEN[0] += 1
+
+
+def test_failing_cost_function_names_the_op(ops):
+    act = ops["act"]
+    register_cost("plantest::act", lambda ins, outs: 1 / 0)
+    try:
+        with pytest.raises(RuntimeError, match=r"plantest::act: the cost function registered with register_cost failed"):
+            jaxops.plan(lambda x: act(x), S((3,), F32))
+    finally:
+        PLAN._COSTS.pop("plantest::act", None)
+        PLAN._COST_GEN[0] += 1
+
+
+def test_repeated_planning_is_cached_without_retrace(ops):
+    act = ops["act"]
+    traces = []
+
+    def f(x, n):
+        traces.append(1)
+        for _ in range(n):
+            x = act(x)
+        return x
+
+    p1 = jaxops.plan(f, S((4,), F32), 3)
+    p2 = jaxops.plan(f, S((4,), F32), 3)
+    assert p1 is p2 and len(traces) == 1
+    assert len(p1.records) == 3
+    jaxops.plan(f, S((5,), F32), 3)  # another shape: a new trace
+    assert len(traces) == 2
+    p4 = jaxops.plan(f, S((4,), F32), 2)  # another static argument
+    assert len(traces) == 3 and len(p4.records) == 2
+    jaxops.plan(f, np.zeros((4,), np.float32), 3)  # a concrete array of the same signature
+    assert len(traces) == 3
+
+
+def test_cache_invalidated_when_an_op_is_redefined():
+    @jaxops.custom_op("plantest::redef", mutates_args=())
+    def first(x: jax.Array) -> jax.Array:
+        return x + 1
+
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        return jaxops.ops.plantest.redef(x)
+
+    jaxops.plan(f, S((2,), F32))
+
+    @jaxops.custom_op("plantest::redef", mutates_args=())
+    def second(x: jax.Array) -> jax.Array:
+        return x * x * x
+
+    p = jaxops.plan(f, S((2,), F32))
+    assert len(traces) == 2 and p.records[0]["flops"] == 4
+
+
+def test_scan_multiplies_calls_and_nested_ops_have_depth(ops):
+    mm, outer = ops["mm"], ops["outer"]
+
+    def f(w, x):
+        def body(c, _):
+            return mm(c, w), None
+
+        return jax.lax.scan(body, x, None, length=5)[0]
+
+    p = jaxops.plan(f, S((4, 4), F32), S((2, 4), F32))
+    (r,) = p.records
+    assert r["calls"] == 5 and r["flops"] == 64
+    assert p.totals["flops"] == 5 * 64 and p.totals["op_calls"] == 5
+
+    q = jaxops.plan(lambda x: outer(x), S((3,), F32))
+    assert [(r["op"], r["depth"]) for r in q] == [("plantest::outer", 0), ("plantest::act", 1)]
+    assert q.records[0]["flops"] == 6  # tanh (3) + mul (3)
+    assert q.totals["op_flops"] == 6  # the inner op is not counted twice
+
+
+def test_while_loop_has_unknown_calls_and_cond_lists_branches(ops):
+    act = ops["act"]
+
+    def f(x):
+        x = jax.lax.while_loop(lambda c: jnp.sum(c) < 10.0, act, x)
+        return jax.lax.cond(jnp.sum(x) > 0, act, lambda y: y * 2.0, x)
+
+    p = jaxops.plan(f, S((3,), F32))
+    assert [r["calls"] for r in p] == [None, 1]
+    assert str(p).splitlines()[2].split()[4] == "?"
+
+
+def test_pytrees_and_static_args(ops):
+    mm = ops["mm"]
+    params = {"w1": S((4, 8), F32), "w2": S((8, 2), F32)}
+
+    def model(params, x, *, act_name):
+        h = mm(x, params["w1"])
+        h = getattr(jnp, act_name)(h)
+        return mm(h, params["w2"])
+
+    p = jaxops.plan(model, params, S((3, 4), F32), act_name="tanh")
+    assert [r["outputs"][0].shape for r in p] == [(3, 8), (3, 2)]
+    assert p.totals["parameters"] == 32 + 16
+    assert p.jax_primitives["tanh"]["count"] == 1
+
+
+def test_is_planning_is_true_only_while_tracing(ops):
+    seen = []
+
+    def f(x):
+        seen.append(is_planning())
+        return x
+
+    jaxops.plan(f, S((1,), F32))
+    assert seen == [True] and is_planning() is False
+
+
+def test_data_dependent_size_is_a_named_symbol():
+    pytest.importorskip("jaxops.dynamic")
+
+    @jaxops.custom_op("plantest::nonzero", mutates_args=(), host=True)
+    def nonzero(x: jax.Array) -> jax.Array:
+        return np.argwhere(x)
+
+    @nonzero.register_fake
+    def _(x):
+        n = jaxops.get_ctx().new_dynamic_size()
+        return S((n, x.ndim), jnp.int32)
+
+    p = jaxops.plan(lambda x: nonzero(x), S((4, 4), F32))
+    n = p.records[0]["outputs"][0].shape[0]
+    assert not isinstance(n, int) and str(n)
+
+
+def test_plan_of_200_ops_is_well_under_a_second(ops):
+    import time
+
+    act = ops["act"]
+
+    def model(x):
+        for _ in range(200):
+            x = act(x)
+        return x
+
+    jaxops.plan(model, S((8,), F32))  # warm the op's own trace cache
+    t0 = time.perf_counter()
+    p = jaxops.plan(lambda x: model(x), S((8,), F32))
+    assert time.perf_counter() - t0 < 1.0
+    assert len(p.records) == 200 and p.totals["flops"] == 1600
+
+
+def test_grad_with_host_op_fallback_warning_is_still_planned(ops):
+    hsin, mm = ops["hsin"], ops["mm"]
+
+    def loss(w, x):
+        return jnp.sum(hsin(mm(x, w)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = jaxops.plan(jax.grad(loss), S((4, 3), F32), S((2, 4), F32))
+    assert "plantest::hsin" in [r["op"] for r in p]
