@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TextIO
 
@@ -231,7 +233,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+@contextlib.contextmanager
+def _quiet_callback_logs(enabled: bool) -> Iterator[None]:
+    """Silence JAX's ``jax.pure_callback failed`` tracebacks while checks run.
+
+    A failing host kernel is reported in the check's report line already; JAX also
+    logs the whole traceback of the callback to stderr, once per failing call.
+    """
+    logger = logging.getLogger("jax._src.callback")
+    old = logger.level
+    if enabled:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    with _quiet_callback_logs(not args.verbose):
+        return _run_checks(args, out)
+
+
+def _run_checks(args: argparse.Namespace, out: TextIO) -> int:
     from jaxops.opcheck import DEFAULT_TEST_UTILS, opcheck
     from jaxops.samples import has_sample_inputs, sample_inputs
 
@@ -435,6 +459,9 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"planning {target} raised {type(e).__name__}: {e}") from e
     print(f"plan of {'jax.grad(' + target + ')' if args.grad else target}", file=out)
     print(result.table(jax=args.jax) if hasattr(result, "table") else str(result), file=out)
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        print(summary(), file=out)
     return 0
 
 
@@ -468,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="run jaxops.opcheck over every op with registered sample inputs")
     p.add_argument("modules", nargs="+", metavar="MODULE", help="module name or .py path")
     p.add_argument("--checks", help="comma-separated subset of the opcheck test_utils (default: all)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print whole failure messages")
+    p.add_argument("-v", "--verbose", action="store_true", help="print whole failure messages and JAX's callback logs")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("plan", help="shape-only plan of a function (jaxops.plan) as a table")
