@@ -74,6 +74,11 @@ _SERVING: list[dict[str, set[OpProfile]]] = []
 
 _FORMAT = 1
 
+#: A JAX trace-cache key component: JAX caches traces (``jax.eval_shape``,
+#: ``jax.jit``) per function, so a change of the served profile set must also
+#: change JAX's cache key, not only jaxops' epoch.
+_JAX_CONTEXT = jax.make_user_context(0)
+
 
 class MissingOpProfile(RuntimeError):
     """An op call matched none of the profiles served by ``unsafe_generate_fake_kernels``.
@@ -465,9 +470,10 @@ def _refresh_active() -> None:
             merged.update(profiles)
         _ACTIVE = merged
     _set_recording()
-    from jaxops.registry import bump_epoch
+    from jaxops.registry import bump_epoch, epoch
 
     bump_epoch()
+    _JAX_CONTEXT.set_global(epoch())
 
 
 @contextlib.contextmanager
