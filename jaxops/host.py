@@ -61,13 +61,17 @@ def make_callback(
     op_name: str,
     body: Callable[..., Any],
     result_shapes: Any,
+    vmap_method: str | None = None,
 ) -> Callable[..., Any]:
     """Wrap ``body`` (NumPy in, NumPy out) for :func:`jax.pure_callback`.
 
     The wrapper checks the kernel's outputs against the fake's shapes and dtypes
-    so a wrong fake is reported by name instead of as an XLA error.
+    so a wrong fake is reported by name instead of as an XLA error.  With a
+    batching ``vmap_method`` (``"expand_dims"``, ``"broadcast_all"``) the kernel
+    may see, and return, extra leading batch dims: only the trailing dims are checked.
     """
     expected = jax.tree_util.tree_leaves(result_shapes)
+    batched = vmap_method in ("expand_dims", "broadcast_all", "legacy_vectorized")
 
     def callback(*np_args: Any) -> Any:
         try:
@@ -83,7 +87,9 @@ def make_callback(
         fixed = []
         for i, (leaf, exp) in enumerate(zip(leaves, expected)):
             arr = np.asarray(leaf)
-            if arr.shape != tuple(exp.shape):
+            want = tuple(exp.shape)
+            got = arr.shape[arr.ndim - len(want):] if batched and arr.ndim >= len(want) else arr.shape
+            if got != want:
                 raise HostKernelError(
                     f"{op_name}: output {i} of the host kernel has shape {arr.shape} but the fake "
                     f"(register_fake) says {tuple(exp.shape)}; fix the fake or the kernel"

@@ -226,8 +226,9 @@ def _host_traced(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
             vals[i] = a
         return _run_host(op, kernel.fn, vals)
 
-    callback = _host.make_callback(op.name, body, result_shapes)
-    out, new = jax.pure_callback(callback, result_shapes, *flat, vmap_method=op.vmap_method or "sequential")
+    method = op.vmap_method or "sequential"
+    callback = _host.make_callback(op.name, body, result_shapes, vmap_method=method)
+    out, new = jax.pure_callback(callback, result_shapes, *flat, vmap_method=method)
     return _assemble(op, out, list(new))
 
 

@@ -713,8 +713,8 @@ def run_host_traced(op: CustomOp, kernel: _dispatch.Kernel, values: list[Any]) -
             vals[i] = a
         return op.check_outputs(op.call_kernel(kernel.fn, vals))
 
-    callback = _host.make_callback(op.name, body, out_shapes)
     method = op.vmap_method or "sequential"
+    callback = _host.make_callback(op.name, body, out_shapes, vmap_method=method)
     return jax.pure_callback(callback, out_shapes, *flat, vmap_method=method)
 
 
