@@ -27,6 +27,7 @@ from jaxops.library import (
 )
 from jaxops.monitoring import compile_counter
 from jaxops.op import CustomOp, custom_op
+from jaxops.opcheck import OpCheckError, opcheck
 from jaxops.plan import Plan, plan
 from jaxops.profiles import (
     MissingOpProfile,
@@ -38,6 +39,7 @@ from jaxops.profiles import (
     unsafe_generate_fake_kernels,
 )
 from jaxops.registry import OpOverloadPacket, ops
+from jaxops.samples import register_sample_inputs, sample_inputs
 from jaxops.schema import FunctionSchema, parse_schema
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __all__ = [
     "FunctionSchema",
     "Library",
     "MissingOpProfile",
+    "OpCheckError",
     "OpProfile",
     "OpOverloadPacket",
     "Plan",
@@ -58,19 +61,21 @@ __all__ = [
     "get_autograd_fallback_mode",
     "get_ctx",
     "impl",
-    "infer_schema",
     "infer_function_schema",
     "load_op_profiles",
     "infer_schema",
+    "opcheck",
     "ops",
     "parse_schema",
     "plan",
     "record_op_profiles",
     "register_autograd",
+    "register_sample_inputs",
     "register_fake",
     "register_kernel",
     "register_vmap",
     "save_op_profiles",
+    "sample_inputs",
     "set_autograd_fallback_mode",
     "types",
     "unsafe_generate_fake_kernels",

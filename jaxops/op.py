@@ -410,7 +410,7 @@ class CustomOp:
         pos, kw = self._binder.split_call(np_values)
         out = _host.call_kernel_eager(self.name, kernel.fn, pos, kw)
         device = _device_of_leaves(leaves)
-        return self.wrap_outputs(out, device, values)
+        return self.wrap_outputs(out, device, np_values)
 
     def wrap_outputs(self, out: Any, device: Any, values: list[Any] | None = None) -> Any:
         """Check a host kernel's eager result against the schema and make arrays JAX arrays."""
