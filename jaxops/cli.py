@@ -174,7 +174,7 @@ def describe_op(op: Any) -> dict[str, str]:
     elif not host:
         autograd = "derived (JAX differentiates the body)"
     else:
-        autograd = "missing (fallback mode decides: warn/nothing/error)"
+        autograd = "none (a host op: the autograd fallback mode decides: warn/nothing/error)"
 
     if getattr(op, "_vmap_rule", None) is not None:
         vmap = "registered (register_vmap rule)"

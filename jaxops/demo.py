@@ -385,6 +385,9 @@ def run(*, steps: int = 40, progress: bool = True, out: TextIO | None = None, se
     say("== 2. plan of the loss, by shape (symbolic batch b) ==")
     plan_table = str(the_plan)
     say(plan_table)
+    summary = getattr(the_plan, "summary", None)
+    if callable(summary):
+        say(summary())
     say(f"jax.grad(loss) plans to {len(grad_plan.records)} op calls (forward + backward), "
         f"flops {grad_plan.totals['flops']}")
 

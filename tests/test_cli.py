@@ -69,7 +69,7 @@ def test_list_host_op_without_fake() -> None:
 
     d = cli.describe_op(nofake)
     assert d["fake"] == "missing (tracing this host op raises; add register_fake)"
-    assert d["autograd"] == "missing (fallback mode decides: warn/nothing/error)"
+    assert d["autograd"] == "none (a host op: the autograd fallback mode decides: warn/nothing/error)"
     assert d["vmap"] == "derived (one kernel call per example)"
     assert d["kernels"] == "default: host"
 
