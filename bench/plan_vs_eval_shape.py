@@ -9,7 +9,8 @@ Run ``python bench/plan_vs_eval_shape.py``.  Same model, same abstract inputs
   own trace cache; ``jaxops.plan`` hits its plan cache).
 
 The ops' own inner traces are warm in both regimes (JAX caches them per op and
-signature; they are shared by eval_shape and plan).  Median of several runs.
+signature; they are shared by eval_shape and plan).  Medians of runs that
+alternate the two, so machine load affects both alike.
 """
 
 from __future__ import annotations
@@ -63,13 +64,17 @@ def build_model() -> Callable[..., Any]:
     return model
 
 
-def best_ms(f: Callable[[], Any], repeat: int = 15) -> float:
-    times = []
+def interleaved_ms(a: Callable[[], Any], b: Callable[[], Any], repeat: int = 31) -> tuple[float, float]:
+    """Median milliseconds of ``a`` and ``b``, run alternately (fair on a busy machine)."""
+    ta, tb = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times) if len(times) < 5 else 1e3 * statistics.median(times)
+        a()
+        ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
 
 
 def main() -> dict[str, float]:
@@ -86,10 +91,12 @@ def main() -> dict[str, float]:
     def fresh() -> Callable[..., Any]:
         return lambda ps, xs: model(ps, xs)  # a new function object: no cache can hit
 
-    eval_first = best_ms(lambda: jax.eval_shape(fresh(), params, x))
-    plan_first = best_ms(lambda: jaxops.plan(fresh(), params, x))
-    eval_cached = best_ms(lambda: jax.eval_shape(model, params, x), repeat=50)
-    plan_cached = best_ms(lambda: jaxops.plan(model, params, x), repeat=200)
+    eval_first, plan_first = interleaved_ms(
+        lambda: jax.eval_shape(fresh(), params, x), lambda: jaxops.plan(fresh(), params, x)
+    )
+    eval_cached, plan_cached = interleaved_ms(
+        lambda: jax.eval_shape(model, params, x), lambda: jaxops.plan(model, params, x), repeat=201
+    )
     print(f"op calls in the model      {len(p.records)}")
     print(f"first call  eval_shape     {eval_first:8.3f} ms")
     print(f"first call  plan           {plan_first:8.3f} ms   ratio {plan_first / eval_first:.2f}x")
