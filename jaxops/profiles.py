@@ -74,10 +74,6 @@ _SERVING: list[dict[str, set[OpProfile]]] = []
 
 _FORMAT = 1
 
-#: A JAX trace-cache key component: JAX caches traces (``jax.eval_shape``,
-#: ``jax.jit``) per function, so a change of the served profile set must also
-#: change JAX's cache key, not only jaxops' epoch.
-_JAX_CONTEXT = jax.make_user_context(0)
 
 
 class MissingOpProfile(RuntimeError):
@@ -470,10 +466,9 @@ def _refresh_active() -> None:
             merged.update(profiles)
         _ACTIVE = merged
     _set_recording()
-    from jaxops.registry import bump_epoch, epoch
+    from jaxops.registry import bump_epoch
 
-    bump_epoch()
-    _JAX_CONTEXT.set_global(epoch())
+    bump_epoch()  # also part of JAX's trace-cache key
 
 
 @contextlib.contextmanager

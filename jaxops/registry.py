@@ -14,11 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 if TYPE_CHECKING:
     from jaxops.op import CustomOp
 
 _OPS: dict[str, dict[str, CustomOp]] = {}
 _EPOCH = [0]
+#: The epoch is also part of JAX's own trace/compile cache key, so a function
+#: jitted (or eval_shape'd) before a mode change is retraced after it.
+_JAX_EPOCH = jax.make_user_context(0)
 
 
 def epoch() -> int:
@@ -27,8 +32,9 @@ def epoch() -> int:
 
 
 def bump_epoch() -> None:
-    """Invalidate every op's traced cache (call when a global mode changes)."""
+    """Invalidate every traced cache, jaxops' and JAX's (call when a global mode changes)."""
     _EPOCH[0] += 1
+    _JAX_EPOCH.set_global(_EPOCH[0])
 
 
 def register(op: CustomOp) -> None:

@@ -338,3 +338,12 @@ def test_overloads_resolve_and_report_mismatch():
             ops(X, "nope")
     finally:
         lib._destroy()
+
+
+def test_mode_change_retraces_an_already_jitted_function(hsin):
+    f = jax.jit(jax.grad(lambda x: hsin(x).sum()))
+    with jaxops.autograd_fallback_mode("nothing"):
+        np.testing.assert_allclose(f(X), jnp.zeros(3))
+    with jaxops.autograd_fallback_mode("error"):
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            f(X)
