@@ -222,16 +222,14 @@ QUICKSTART: list[Cell] = [
     vmap rule vs a loop, gradients vs finite differences) and names the one that is wrong.
     """),
     code("""
-    from jaxops.opcheck import opcheck
-
-    print(opcheck(np_sin, (x,)))
+    print(jaxops.opcheck(np_sin, (x,)))
     """),
     md("""
     `np_square` is a host op with float inputs and outputs but no backward, so `jax.grad` through
     it would silently give zeros (with a warning). `opcheck` says so, and names the fix:
     """),
     code("""
-    result = opcheck(np_square, (batch,), raise_exception=False)
+    result = jaxops.opcheck(np_square, (batch,), raise_exception=False)
     failed = {name: r for name, r in result.items() if r != "SUCCESS"}
     for name, err in failed.items():
         print(name, "->", str(err).splitlines()[0])
@@ -241,7 +239,7 @@ QUICKSTART: list[Cell] = [
         lambda ctx, g: 2 * ctx.saved_tensors[0] * g,
         setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[0]),
     )
-    print(opcheck(np_square, (batch,)))
+    print(jaxops.opcheck(np_square, (batch,)))
     """),
     code("""
     @jax.jit
@@ -273,7 +271,7 @@ PORTING: list[Cell] = [
     | `op.register_fake(fn)` | `op.register_fake(fn)` returning `jax.ShapeDtypeStruct` |
     | `op.register_autograd(backward, setup_context=...)` | the same |
     | `op.register_vmap(fn)` | the same |
-    | `torch.library.opcheck(op, args)` | `jaxops.opcheck.opcheck(op, args)` |
+    | `torch.library.opcheck(op, args)` | `jaxops.opcheck(op, args)` |
     | `torch.autograd.Function` | `custom_vjp.Function` |
     | `torch.autograd.gradcheck` | `custom_vjp.gradcheck` |
     """),
@@ -286,7 +284,6 @@ PORTING: list[Cell] = [
 
     import jaxops
     from custom_vjp import Function, gradcheck
-    from jaxops.opcheck import opcheck
 
     HAS_TORCH = importlib.util.find_spec("torch") is not None
     if HAS_TORCH:
@@ -365,7 +362,7 @@ PORTING: list[Cell] = [
     code("""
     if HAS_TORCH:
         print(torch.library.opcheck(torch_numpy_sin, (torch.tensor(x_np),)))
-    print(opcheck(numpy_sin, (x,)))
+    print(jaxops.opcheck(numpy_sin, (x,)))
     """),
     md("""
     ## 2. `torch.autograd.Function` and `custom_vjp.Function`
