@@ -103,21 +103,16 @@ def _fallback_fires(op: CustomOp) -> None:
 
 
 def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
-    from jaxops.op import run_kernels
+    from jaxops.op import ArrayLeaves, run_kernels
 
-    is_arr = [p.is_array for p in op._binder.params]
-    diff = [v if a else None for v, a in zip(values, is_arr)]
-    leaves, treedef = jax.tree_util.tree_flatten(diff)
+    args = ArrayLeaves(op, values)
+    leaves = args.leaves
     if not leaves:
         return run_kernels(op, values)
 
-    def rebuild(flat: Any) -> list[Any]:
-        arrs = jax.tree_util.tree_unflatten(treedef, list(flat))
-        return [x if a else v for x, v, a in zip(arrs, values, is_arr)]
-
     @jax.custom_vjp
     def call(*flat: Any) -> Any:
-        return run_kernels(op, rebuild(flat))
+        return run_kernels(op, args.rebuild(flat))
 
     def fwd(*primals: Any) -> Any:
         return call(*[p.value for p in primals]), None

@@ -53,6 +53,7 @@ from jax._src.state.discharge import discharge_state
 
 from jaxops import host as _host
 from jaxops import profiles
+from jaxops.op import ArrayLeaves
 
 if TYPE_CHECKING:
     from jaxops.op import CustomOp
@@ -215,37 +216,27 @@ def _host_traced(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
         _map_leaves(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype), values[i]) for i in mut
     ]
     result_shapes = (declared, copy_shapes)
-    params = op._binder.params
-    array_idx = [i for i, p in enumerate(params) if p.is_array]
-    flat, treedef = jax.tree_util.tree_flatten([values[i] for i in array_idx])
+    args = ArrayLeaves(op, values)
 
     def body(*np_flat: Any) -> Any:
-        arrs = jax.tree_util.tree_unflatten(treedef, list(np_flat))
-        vals = list(values)
-        for i, a in zip(array_idx, arrs):
-            vals[i] = a
-        return _run_host(op, kernel.fn, vals)
+        return _run_host(op, kernel.fn, args.rebuild(np_flat))
 
     method = op.vmap_method or "sequential"
     callback = _host.make_callback(op.name, body, result_shapes, vmap_method=method)
-    out, new = jax.pure_callback(callback, result_shapes, *flat, vmap_method=method)
+    out, new = jax.pure_callback(callback, result_shapes, *args.leaves, vmap_method=method)
     return _assemble(op, out, list(new))
 
 
 # ------------------------------------------------------------------- traceable
 def _traceable(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
     """A traceable kernel with ``jax.Ref`` s for the mutated arguments, discharged to pure code."""
-    params = op._binder.params
     mut = set(_mutated_indices(op))
-    array_idx = [i for i, p in enumerate(params) if p.is_array]
-    flat, treedef = jax.tree_util.tree_flatten([values[i] for i in array_idx])
+    args = ArrayLeaves(op, values)
+    flat = args.leaves
     out_tree: list[Any] = []
 
     def stateful(*arrays: Any) -> list[Any]:
-        arrs = jax.tree_util.tree_unflatten(treedef, list(arrays))
-        vals = list(values)
-        for i, a in zip(array_idx, arrs):
-            vals[i] = _map_leaves(jax.new_ref, a) if i in mut else a
+        vals = args.rebuild(arrays, lambda i, a: _map_leaves(jax.new_ref, a) if i in mut else a)
         out = op.check_outputs(op.call_kernel(kernel.fn, vals))
         inputs = [*arrays, *(r for i in sorted(mut) for r in jax.tree_util.tree_leaves(vals[i]))]
         for o in jax.tree_util.tree_leaves(out):
@@ -267,20 +258,15 @@ def _traceable(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
 
 
 def _run_plain(op: CustomOp, values: list[Any]) -> Any:
-    params = op._binder.params
-    array_idx = [i for i, p in enumerate(params) if p.is_array]
-    flat, treedef = jax.tree_util.tree_flatten([values[i] for i in array_idx])
+    args = ArrayLeaves(op, values)
 
     def run(kernel: Any, operands: tuple[Any, ...]) -> Any:
-        arrs = jax.tree_util.tree_unflatten(treedef, list(operands))
-        vals = list(values)
-        for i, a in zip(array_idx, arrs):
-            vals[i] = a
+        vals = args.rebuild(operands)
         if kernel.host:
             return _host_traced(op, kernel, vals)
         return _traceable(op, kernel, vals)
 
-    return op.kernels.select_traced(op.name, run, tuple(flat))
+    return op.kernels.select_traced(op.name, run, tuple(args.leaves))
 
 
 def run_traced(op: CustomOp, values: list[Any]) -> Any:

@@ -651,6 +651,30 @@ def _device_of_leaves(leaves: list[Any]) -> Any:
     return None
 
 
+class ArrayLeaves:
+    """The flat array leaves of one call's array arguments, and how to put new leaves back.
+
+    Kernels are dispatched, called back and differentiated on flat leaves
+    (``platform_dependent`` operands, ``pure_callback`` arguments, custom_vjp
+    primals); :meth:`rebuild` turns leaves back into schema-ordered values.
+    """
+
+    __slots__ = ("leaves", "_treedef", "_idx", "_values")
+
+    def __init__(self, op: CustomOp, values: list[Any]) -> None:
+        self._idx = op._array_idx
+        self._values = values
+        self.leaves, self._treedef = jax.tree_util.tree_flatten([values[i] for i in self._idx])
+
+    def rebuild(self, leaves: Sequence[Any], transform: Callable[[int, Any], Any] | None = None) -> list[Any]:
+        """``values`` with the array arguments rebuilt from ``leaves`` (``transform(i, arg)`` applied)."""
+        arrs = jax.tree_util.tree_unflatten(self._treedef, list(leaves))
+        vals = list(self._values)
+        for i, a in zip(self._idx, arrs):
+            vals[i] = a if transform is None else transform(i, a)
+        return vals
+
+
 def _traced_entry(op: CustomOp, arrays: tuple[Any, ...], statics_key: tuple[Any, Any]) -> Any:
     """Body of the op's jitted callable: everything that happens under tracing."""
     statics, _ = statics_key
@@ -680,19 +704,15 @@ def run_kernels(op: CustomOp, values: list[Any]) -> Any:
 
 
 def _run_kernels_plain(op: CustomOp, values: list[Any]) -> Any:
-    flat, treedef = jax.tree_util.tree_flatten([v if p.is_array else None for p, v in zip(op._binder.params, values)])
-
-    def rebuild(operands: tuple[Any, ...]) -> list[Any]:
-        arrs = jax.tree_util.tree_unflatten(treedef, list(operands))
-        return [a if p.is_array else v for p, a, v in zip(op._binder.params, arrs, values)]
+    args = ArrayLeaves(op, values)
 
     def run(kernel: _dispatch.Kernel, operands: tuple[Any, ...]) -> Any:
-        vals = rebuild(operands)
+        vals = args.rebuild(operands)
         if kernel.host:
             return run_host_traced(op, kernel, vals)
         return op.check_outputs(op.call_kernel(kernel.fn, vals))
 
-    return op.kernels.select_traced(op.name, run, tuple(flat))
+    return op.kernels.select_traced(op.name, run, tuple(args.leaves))
 
 
 def run_host_traced(op: CustomOp, kernel: _dispatch.Kernel, values: list[Any]) -> Any:
@@ -702,20 +722,14 @@ def run_host_traced(op: CustomOp, kernel: _dispatch.Kernel, values: list[Any]) -
         from jaxops import dynamic as _dyn
 
         return _dyn.data_dependent_call(op, kernel, values, out_shapes)
-    params = op._binder.params
-    array_idx = [i for i, p in enumerate(params) if p.is_array]
-    flat, treedef = jax.tree_util.tree_flatten([values[i] for i in array_idx])
+    args = ArrayLeaves(op, values)
 
     def body(*np_flat: Any) -> Any:
-        arrs = jax.tree_util.tree_unflatten(treedef, list(np_flat))
-        vals = list(values)
-        for i, a in zip(array_idx, arrs):
-            vals[i] = a
-        return op.check_outputs(op.call_kernel(kernel.fn, vals))
+        return op.check_outputs(op.call_kernel(kernel.fn, args.rebuild(np_flat)))
 
     method = op.vmap_method or "sequential"
     callback = _host.make_callback(op.name, body, out_shapes, vmap_method=method)
-    return jax.pure_callback(callback, out_shapes, *flat, vmap_method=method)
+    return jax.pure_callback(callback, out_shapes, *args.leaves, vmap_method=method)
 
 
 # ---------------------------------------------------------------------- custom_op
