@@ -30,7 +30,7 @@ def notebooks(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "jaxops", "custom_vjp", "tests", "bench", "examples")
+    session.run("ruff", "check", "jaxops", "custom_vjp", "tests", "bench", "examples", "notebooks", "noxfile.py")
 
 
 @nox.session
