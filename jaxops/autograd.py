@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
+from jax._src import core
 from jax.custom_derivatives import SymbolicZero
 
 from jaxops import registry as _registry
@@ -103,6 +105,15 @@ def _fallback_fires(op: CustomOp) -> None:
 
 
 def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
+    """A host op with no formula: a zero derivative whose rules apply the fallback mode.
+
+    A ``custom_jvp`` whose output tangent is :data:`custom_vjp._lin.function_lin_p`
+    (the linear primitive ``custom_vjp.Function`` uses): evaluating it (forward mode:
+    ``jax.jvp``, ``jacfwd``) and transposing it with a non-zero cotangent (reverse
+    mode) both apply the fallback mode and give zeros, while a symbolic-zero
+    cotangent (an unused output) never reaches the rule.
+    """
+    from custom_vjp._lin import LinRule, function_lin_p
     from jaxops.op import ArrayLeaves, run_kernels
 
     args = ArrayLeaves(op, values)
@@ -110,21 +121,45 @@ def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
     if not leaves:
         return run_kernels(op, values)
 
-    @jax.custom_vjp
+    @jax.custom_jvp
     def call(*flat: Any) -> Any:
         return run_kernels(op, args.rebuild(flat))
 
-    def fwd(*primals: Any) -> Any:
-        return call(*[p.value for p in primals]), None
+    def jvp(primals: Any, tangents: Any) -> Any:
+        # The primal through ``call`` again: differentiating this rule (hessian) gives zero too.
+        out = call(*primals)
+        out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+        lin_idx = [
+            i for i, (p, t) in enumerate(zip(primals, tangents))
+            if not isinstance(t, SymbolicZero) and _is_float(p)
+        ]
+        diff_idx = [k for k, o in enumerate(out_leaves) if _is_float(o)]
+        t_out: list[Any] = [SymbolicZero(core.typeof(o).to_tangent_aval()) for o in out_leaves]
+        if lin_idx and diff_idx:
+            out_avals = [core.ShapedArray(out_leaves[k].shape, out_leaves[k].dtype) for k in diff_idx]
+            lin_avals = [core.ShapedArray(primals[i].shape, primals[i].dtype) for i in lin_idx]
 
-    def bwd(_res: Any, g: Any) -> Any:
-        cotangents = jax.tree_util.tree_leaves(g, is_leaf=lambda v: isinstance(v, SymbolicZero))
-        if any(not isinstance(c, SymbolicZero) for c in cotangents):
-            _fallback_fires(op)
-        return tuple(None for _ in leaves)
+            def forward(_res: Any, _tangents: Any) -> list[Any]:
+                _fallback_fires(op)
+                return [jnp.zeros(a.shape, a.dtype) for a in out_avals]
 
-    call.defvjp(fwd, bwd, symbolic_zeros=True)
+            def backward(_res: Any, cts: Any) -> list[Any]:
+                if any(c is not None for c in cts):
+                    _fallback_fires(op)
+                return [None] * len(lin_idx)
+
+            rule = LinRule(op.name, forward, backward, out_avals, lin_avals)
+            t_diff = function_lin_p.bind(*[tangents[i] for i in lin_idx], num_res=0, rule=rule)
+            for k, t in zip(diff_idx, t_diff):
+                t_out[k] = t
+        return out, jax.tree_util.tree_unflatten(out_tree, t_out)
+
+    call.defjvp(jvp, symbolic_zeros=True)
     return call(*leaves)
+
+
+def _is_float(x: Any) -> bool:
+    return bool(jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 # ----------------------------------------------------------- registered formulas
