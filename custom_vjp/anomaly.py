@@ -21,14 +21,13 @@ Inside ``detect_anomaly()`` the Function core (``function.py``) calls
   ``jax.experimental.io_callback`` behaves the same way, but a debug callback
   needs no data dependency and is never removed as dead code.
 
-The mode is read when the backward is *traced*: a jitted function traced
-outside ``detect_anomaly()`` keeps running without the check until it is
-traced again.
+The mode is read when the backward is *traced*, and it is part of JAX's
+trace-cache key (``_state.TraceKeyedVar``): a function jitted outside
+``detect_anomaly()`` is traced again, with the checks, when called inside it.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 from collections.abc import Sequence
 from types import TracebackType
@@ -75,8 +74,7 @@ class set_detect_anomaly:
         self.mode = mode
         # Called without ``with`` (``set_detect_anomaly(True)``) it sets the mode at once,
         # like torch.autograd.set_detect_anomaly.
-        self._prev = _state.anomaly_mode.get()
-        _state.anomaly_mode.set(mode)
+        self._token = _state.anomaly_mode.set(mode)
 
     def __enter__(self) -> set_detect_anomaly:
         return self
@@ -87,7 +85,7 @@ class set_detect_anomaly:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _state.anomaly_mode.set(self._prev)
+        _state.anomaly_mode.reset(self._token)
 
 
 class detect_anomaly:
@@ -113,7 +111,7 @@ class detect_anomaly:
                 f"detect_anomaly: check_nan must be a bool, got {type(check_nan).__name__}"
             )
         self.check_nan = check_nan
-        self._tokens: list[contextvars.Token[bool]] = []
+        self._tokens: list[Any] = []
 
     def __enter__(self) -> detect_anomaly:
         self._tokens.append(_state.anomaly_mode.set(self.check_nan))

@@ -36,7 +36,6 @@ Ready-made pairs: :func:`cast_saved` (store residuals in a smaller dtype) and
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -74,7 +73,7 @@ class saved_tensors_hooks:
                 )
         self.pack_hook = pack_hook
         self.unpack_hook = unpack_hook
-        self._tokens: list[contextvars.Token[tuple[tuple[Hook, Hook], ...]]] = []
+        self._tokens: list[Any] = []
 
     def __enter__(self) -> saved_tensors_hooks:
         stack = _state.saved_tensors_hooks_stack.get()

@@ -167,12 +167,15 @@ def test_without_anomaly_mode_nan_passes_silently():
     assert bool(jnp.isnan(g).all())
 
 
-def test_mode_is_read_when_backward_is_traced():
+def test_mode_is_part_of_the_trace_cache_key():
     def traced_outside(x):
         return jax.grad(_loss)(x)
 
     step = jax.jit(traced_outside)
     jax.block_until_ready(step(jnp.ones(2)))
     with custom_vjp.detect_anomaly():
-        g = step(jnp.ones(2))  # cached trace: no check staged
+        # traced outside the block, but the mode is part of the cache key: traced again
+        with pytest.raises(RuntimeError, match="returned nan values in its 1th output"):
+            jax.block_until_ready(step(jnp.ones(2)))
+    g = step(jnp.ones(2))  # back outside: the unchecked trace again
     assert bool(jnp.isnan(g).all())
