@@ -73,7 +73,9 @@ def make_callback(
     expected = jax.tree_util.tree_leaves(result_shapes)
     batched = vmap_method in ("expand_dims", "broadcast_all", "legacy_vectorized")
 
-    def callback(*np_args: Any) -> Any:
+    def callback(*args: Any) -> Any:
+        # pure_callback hands over jax.Arrays; the kernel's contract is NumPy in.
+        np_args = [np.asarray(a) for a in args]
         try:
             out = body(*np_args)
         except Exception as e:  # noqa: BLE001
