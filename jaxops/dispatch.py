@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -51,13 +52,28 @@ def source_location(fn: Callable[..., Any]) -> str:
         return getattr(fn, "__qualname__", repr(fn))
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: Modules whose frames are registration plumbing, never the user's line.
+_PLUMBING = frozenset(
+    os.path.join(_PACKAGE_DIR, f"{m}.py")
+    for m in ("op", "library", "registry", "dispatch", "fake", "autograd", "vmap", "sharding", "annotations")
+)
+
+
 def caller_location(depth: int = 2) -> str:
-    """``file.py:LINE`` of the frame ``depth`` levels above the caller."""
+    """``file.py:LINE`` of the user's frame that made a registration.
+
+    Starts ``depth`` levels above the caller and keeps walking out of jaxops'
+    registration plumbing, so the functional forms (``jaxops.register_fake(op, fn)``,
+    ``Library.impl``) report the user's line, not jaxops'.
+    """
     frame = inspect.currentframe()
     try:
         for _ in range(depth):
             if frame is None or frame.f_back is None:
                 break
+            frame = frame.f_back
+        while frame is not None and frame.f_back is not None and frame.f_code.co_filename in _PLUMBING:
             frame = frame.f_back
         if frame is None:
             return "<unknown>"
