@@ -21,7 +21,7 @@ from typing import Any
 
 from jaxops import dispatch as _dispatch
 from jaxops import registry as _registry
-from jaxops.op import CustomOp, parse_qualname
+from jaxops.op import RESERVED_NAMESPACES, CustomOp, parse_qualname
 from jaxops.schema import parse_schema
 
 _KINDS = ("DEF", "FRAGMENT", "IMPL")
@@ -40,7 +40,11 @@ class Library:
             raise ValueError(f"Library kind must be one of {_KINDS}, got {kind!r}")
         if not isinstance(ns, str) or not ns.isidentifier():
             raise ValueError(f"Library namespace must be an identifier, got {ns!r}")
-        parse_qualname(f"{ns}::_probe")  # rejects reserved namespaces
+        if ns in RESERVED_NAMESPACES:
+            raise ValueError(
+                f"Library({ns!r}, {kind!r}): '{ns}' is a reserved namespace; choose your own "
+                "namespace, e.g. Library('mylib', ...)"
+            )
         if kind == "DEF":
             owner = _DEFINED_BY_DEF.get(ns)
             if owner is not None and owner() is not None and not owner()._destroyed:
