@@ -168,12 +168,20 @@ class CustomOp:
 
     # ------------------------------------------------------------- registration
     def _rebuild(self) -> None:
-        """Drop caches after a registration changed what tracing produces."""
-        entry = functools.partial(_traced_entry, self)
-        functools.update_wrapper(entry, _traced_entry)
-        entry.__name__ = self.name  # type: ignore[attr-defined]
-        entry.__qualname__ = self.name  # type: ignore[attr-defined]
-        self._jitted = jax.jit(entry, static_argnums=(1,))
+        """Drop caches after a registration changed what tracing produces.
+
+        That includes JAX's own caches: a function jitted before a kernel, fake or
+        rule was (re)registered, or before the op was redefined, would otherwise
+        replay the old trace.
+        """
+        _registry.bump_epoch()
+        self._jitted = self._make_jitted()
+        # A host op with no autograd formula applies the fallback mode (warn / error)
+        # while its derivative is traced.  JAX caches the derivative of a jitted
+        # jaxpr, so a cached inner trace would apply it only the first time: such an
+        # op gets a fresh inner trace per outer trace (trace time only; the outer
+        # jit's cache still makes steady-state calls free).
+        self._fresh_trace = self._autograd is None and self.kernels.any_host
         self._fake_cache = {}
         params = self._binder.params
         self._checks = [p.check for p in params]
@@ -200,6 +208,14 @@ class CustomOp:
             self.__class__ = type("CustomOp", (base,), {"__call__": _make_fast_call(self), "__module__": __name__})
         else:
             self.__class__ = base
+
+    def _make_jitted(self) -> Callable[..., Any]:
+        """The op's ``jax.jit`` callable, named after the op (plan and jaxprs show it)."""
+        entry = functools.partial(_traced_entry, self)
+        functools.update_wrapper(entry, _traced_entry)
+        entry.__name__ = self.name  # type: ignore[attr-defined]
+        entry.__qualname__ = self.name  # type: ignore[attr-defined]
+        return jax.jit(entry, static_argnums=(1,))
 
     def _add_kernel(self, device_types: Any, fn: Callable[..., Any], host: bool, where: str) -> None:
         keys = _dispatch.normalize_device_types(self.name, device_types)
@@ -324,7 +340,8 @@ class CustomOp:
                 raise self._no_kernel_error(platform)
             if kernel.host:
                 return self._call_host_eager(kernel, values, leaves)
-        out = self._jitted(arrays, (statics, _EPOCH[0]))
+        jitted = self._make_jitted() if self._fresh_trace and not concrete else self._jitted
+        out = jitted(arrays, (statics, _EPOCH[0]))
         if concrete and self._scalar_returns:
             return self._finish_eager(out)
         return out
