@@ -336,11 +336,6 @@ def test_set_autograd_fallback_mode_is_global():
         jax.grad(lambda x: op(x).sum())(X)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="op.py: the autograd wrapper runs inside the op's cached jax.jit, so JAX's cached "
-    "transpose of that jaxpr skips the fallback on a second jax.grad (reported to the op.py owner)",
-)
 def test_fallback_warns_on_every_gradient_trace():
     """Two separate gradient computations each warn (PyTorch warns on every backward)."""
     op = _fresh_host_op("fb_twice")
