@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.extend.core
+from jax.interpreters import mlir
 
 #: Platform keys a kernel can be registered for (``"default"`` = every platform).
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -211,7 +213,44 @@ class KernelTable:
         for key, kernel in self._kernels.items():
             branches[key] = _bind_branch(run, kernel)
         default = branches.pop("default", None)
+        if default is None:
+            default = _missing_kernel_branch(op_name, branches, operands)
         return jax.lax.platform_dependent(*operands, default=default, **branches)
+
+
+def _missing_kernel_branch(
+    op_name: str, branches: dict[str, Callable[..., Any]], operands: tuple[Any, ...]
+) -> Callable[..., Any]:
+    """The branch for platforms with no kernel: lowering it raises an error naming the op.
+
+    Only a platform the computation is actually lowered for reaches it, so a
+    GPU-only op still traces (and exports for ``"cuda"``) on a CPU host.
+    """
+    out_shapes = jax.eval_shape(next(iter(branches.values())), *operands)
+    leaves, treedef = jax.tree_util.tree_flatten(out_shapes)
+    have = tuple(branches)
+
+    def branch(*_operands: Any) -> Any:
+        outs = _no_kernel_p.bind(
+            avals=tuple(jax.core.ShapedArray(o.shape, o.dtype) for o in leaves), op_name=op_name, have=have
+        )
+        return jax.tree_util.tree_unflatten(treedef, list(outs))
+
+    return branch
+
+
+def _no_kernel_lowering(ctx: Any, *, avals: Any, op_name: str, have: tuple[str, ...]) -> Any:
+    missing = [p for p in ctx.module_context.platforms if p not in have] or list(ctx.module_context.platforms)
+    raise RuntimeError(
+        f"{op_name}: no kernel for device type '{missing[0]}' (registered: {', '.join(have)}); "
+        f"register one with {op_name.split('::')[-1]}.register_kernel('{missing[0]}')"
+    )
+
+
+_no_kernel_p = jax.extend.core.Primitive("jaxops_no_kernel")
+_no_kernel_p.multiple_results = True
+_no_kernel_p.def_abstract_eval(lambda *, avals, op_name, have: list(avals))
+mlir.register_lowering(_no_kernel_p, _no_kernel_lowering)
 
 
 def _bind_branch(run: Callable[[Kernel, tuple[Any, ...]], Any], kernel: Kernel) -> Callable[..., Any]:

@@ -1255,3 +1255,19 @@ def test_fallback_warning_comes_with_every_traced_derivative_not_just_the_first(
     with jaxops.compile_counter() as c:
         step(X)  # the outer jit is still cached: no retrace, no recompile
     assert sum(c.traces.values()) == 0 and sum(c.compiles.values()) == 0
+
+
+def test_jit_of_an_op_without_a_kernel_for_this_platform_names_the_op():
+    @jaxops.custom_op("t_ac::gpuonly", mutates_args=(), device_types="gpu")
+    def g(x: jax.Array) -> jax.Array:
+        return x + 1
+
+    msg = "t_ac::gpuonly: no kernel for device type 'cpu'"
+    with pytest.raises(RuntimeError, match=lit(msg)):
+        g(X)
+    with pytest.raises(RuntimeError, match=lit(msg)):
+        jax.jit(g)(X)
+    with pytest.raises(RuntimeError, match=lit(msg)):
+        export.export(jax.jit(g), platforms=("cpu", "cuda"))(X)
+    exp = export.export(jax.jit(g), platforms=("cuda", "rocm"))(X)  # every lowered platform has one
+    assert exp.platforms == ("cuda", "rocm")
