@@ -47,7 +47,8 @@ def set_autograd_fallback_mode(mode: str) -> None:
         raise ValueError(f"autograd fallback mode must be one of {_MODES}, got {mode!r}")
     if _fallback_mode[0] != mode:
         _fallback_mode[0] = mode
-        _registry.bump_epoch()
+        # part of every trace-cache key, by value ("warn", the default, adds nothing)
+        _registry.set_mode("autograd_fallback", None if mode == "warn" else mode)
 
 
 def get_autograd_fallback_mode() -> str:

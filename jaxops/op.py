@@ -35,7 +35,7 @@ from jaxops import host as _host
 from jaxops import profiles
 from jaxops import registry as _registry
 from jaxops._binding import Binder, is_array
-from jaxops.registry import _EPOCH
+from jaxops.registry import _KEY
 from jaxops.schema import FunctionSchema, parse_schema
 
 RESERVED_NAMESPACES = frozenset(
@@ -341,7 +341,7 @@ class CustomOp:
             if kernel.host:
                 return self._call_host_eager(kernel, values, leaves)
         jitted = self._make_jitted() if self._fresh_trace and not concrete else self._jitted
-        out = jitted(arrays, (statics, _EPOCH[0]))
+        out = jitted(arrays, (statics, _KEY[0]))
         if concrete and self._scalar_returns:
             return self._finish_eager(out)
         return out
@@ -408,7 +408,7 @@ class CustomOp:
         else:
             arrays, statics = self._split(values)
             with jax.default_device(dev):
-                out = self._jitted(arrays, (statics, _EPOCH[0]))
+                out = self._jitted(arrays, (statics, _KEY[0]))
             out = self._finish_eager(out)
         return jax.tree_util.tree_map(lambda v: jax.device_put(v, dev) if isinstance(v, jax.Array) else v, out)
 
@@ -510,7 +510,7 @@ class CustomOp:
         try:
             key = (jax.tree_util.tree_structure(abstract), tuple(
                 (tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(abstract)
-            ), statics, _EPOCH[0])
+            ), statics, _KEY[0])
             hash(key)
         except TypeError:
             key = None
@@ -579,7 +579,7 @@ def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
         "_INT_EXACT": frozenset({int}),
         "_BOOL_EXACT": frozenset({bool}),
         "_STR_EXACT": frozenset({str}),
-        "_EPOCH": _EPOCH,
+        "_KEY": _KEY,
         "_profiles": profiles,
     }
     for i, p in enumerate(params):
@@ -591,7 +591,7 @@ def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
             lines.append(f"    if type(a{i}) not in {exact}: a{i} = c{i}(a{i})")
     arrays = "".join(f"a{i}, " for i in op._array_idx)
     statics = "".join(f"a{i}, " for i in op._static_idx)
-    lines.append(f"    return self._jitted(({arrays}), (({statics}), _EPOCH[0]))")
+    lines.append(f"    return self._jitted(({arrays}), (({statics}), _KEY[0]))")
     exec("\n".join(lines), env)  # noqa: S102 - generated from the op's own schema
     return env["__call__"]
 

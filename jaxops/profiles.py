@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -71,6 +72,8 @@ _RECORDERS: list[tuple[dict[str, set[OpProfile]], dict[tuple[str, OpProfile], Op
 
 #: Active served profile sets (innermost last).
 _SERVING: list[dict[str, set[OpProfile]]] = []
+_SERVING_TOKENS: list[int] = []
+_TOKENS = itertools.count(1)
 
 _FORMAT = 1
 
@@ -466,9 +469,11 @@ def _refresh_active() -> None:
             merged.update(profiles)
         _ACTIVE = merged
     _set_recording()
-    from jaxops.registry import bump_epoch
+    from jaxops.registry import set_mode
 
-    bump_epoch()  # also part of JAX's trace-cache key
+    # The served set is part of every trace-cache key (jaxops' and JAX's): one token
+    # per active block, so leaving every block restores the earlier caches.
+    set_mode("served_profiles", tuple(_SERVING_TOKENS) or None)
 
 
 @contextlib.contextmanager
@@ -495,12 +500,15 @@ def unsafe_generate_fake_kernels(op_profiles: dict[str, set[OpProfile]]) -> Iter
             if not isinstance(p, OpProfile):
                 raise TypeError(f"unsafe_generate_fake_kernels: {name}: expected OpProfile, got {type(p).__name__}")
     snapshot = {k: set(v) for k, v in op_profiles.items()}
+    token = next(_TOKENS)
     _SERVING.append(snapshot)
+    _SERVING_TOKENS.append(token)
     _refresh_active()
     try:
         yield None
     finally:
         _SERVING.remove(snapshot)
+        _SERVING_TOKENS.remove(token)
         _refresh_active()
 
 

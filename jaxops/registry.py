@@ -20,21 +20,40 @@ if TYPE_CHECKING:
     from jaxops.op import CustomOp
 
 _OPS: dict[str, dict[str, CustomOp]] = {}
-_EPOCH = [0]
-#: The epoch is also part of JAX's own trace/compile cache key, so a function
-#: jitted (or eval_shape'd) before a mode change is retraced after it.
-_JAX_EPOCH = jax.make_user_context(0)
+_EPOCH = [0]  # bumped by every registration
+_MODES: dict[str, Any] = {}  # global modes that change what tracing produces
+#: The current cache key, ``(registration epoch, modes)``: part of every op's jit
+#: cache key and, through a JAX user context, of JAX's own trace/compile caches,
+#: so a function jitted before a registration or a mode change is retraced after
+#: it.  Modes enter by value, so leaving a mode restores the earlier key (and its
+#: cached traces).
+_KEY: list[Any] = [(0, ())]
+_JAX_KEY = jax.make_user_context(_KEY[0])
 
 
-def epoch() -> int:
-    """The current global tracing epoch."""
-    return _EPOCH[0]
+def _publish() -> None:
+    _KEY[0] = (_EPOCH[0], tuple(sorted(_MODES.items())))
+    _JAX_KEY.set_global(_KEY[0])
+
+
+def epoch() -> Any:
+    """The current cache key (registration epoch and global modes); hashable."""
+    return _KEY[0]
 
 
 def bump_epoch() -> None:
-    """Invalidate every traced cache, jaxops' and JAX's (call when a global mode changes)."""
+    """Invalidate every traced cache, jaxops' and JAX's (called by every registration)."""
     _EPOCH[0] += 1
-    _JAX_EPOCH.set_global(_EPOCH[0])
+    _publish()
+
+
+def set_mode(name: str, value: Any) -> None:
+    """Set a global mode that traced code depends on (part of every cache key)."""
+    if value is None:
+        _MODES.pop(name, None)
+    else:
+        _MODES[name] = value
+    _publish()
 
 
 def register(op: CustomOp) -> None:
@@ -196,4 +215,4 @@ class _Ops:
 
 ops = _Ops()
 
-__all__ = ["OpOverloadPacket", "all_ops", "as_op", "bump_epoch", "epoch", "lookup", "ops", "register"]
+__all__ = ["OpOverloadPacket", "all_ops", "as_op", "bump_epoch", "epoch", "lookup", "ops", "register", "set_mode"]

@@ -347,3 +347,17 @@ def test_mode_change_retraces_an_already_jitted_function(hsin):
     with jaxops.autograd_fallback_mode("error"):
         with pytest.raises(RuntimeError, match="no autograd formula"):
             f(X)
+
+
+def test_mode_set_inside_a_jitted_step_does_not_retrace_every_call(hsin):
+    traces = []
+
+    @jax.jit
+    def step(x):
+        traces.append(1)
+        with jaxops.autograd_fallback_mode("nothing"):
+            return jax.grad(lambda a: hsin(a).sum())(x)
+
+    for _ in range(5):
+        step(X)
+    assert len(traces) <= 2  # modes enter the cache key by value: leaving one restores it
