@@ -435,11 +435,21 @@ class CustomOp:
         if values is not None:
             self._check_no_alias(out, values)
 
-        def leaf(v: Any) -> Any:
-            if isinstance(v, (np.ndarray, np.generic)):
-                return jax.device_put(v, device) if device is not None else jnp.asarray(v)
-            return v
+        # jnp.asarray places on the default device and costs about half of
+        # jax.device_put(v, device); use the latter only for another device.
+        default = _default_device()
+        if (device is None and default is not None) or (device is not None and device == default):
 
+            def leaf(v: Any) -> Any:
+                return jnp.asarray(v) if isinstance(v, (np.ndarray, np.generic)) else v
+
+        else:
+
+            def leaf(v: Any) -> Any:
+                return jax.device_put(v, device) if isinstance(v, (np.ndarray, np.generic)) else v
+
+        if isinstance(out, np.ndarray):
+            return leaf(out)
         return jax.tree_util.tree_map(leaf, out)
 
     def _check_no_alias(self, out: Any, values: list[Any]) -> None:
@@ -447,7 +457,9 @@ class CustomOp:
         if not ins:
             return
         for o in jax.tree_util.tree_leaves(out):
-            if isinstance(o, np.ndarray) and any(np.shares_memory(o, i) for i in ins):
+            if isinstance(o, np.ndarray) and any(
+                np.may_share_memory(o, i) and np.shares_memory(o, i) for i in ins
+            ):
                 raise RuntimeError(
                     f"{self.name}: an output of the kernel aliases an input; outputs may not alias "
                     "inputs (return a copy, e.g. x.copy())"
@@ -642,6 +654,18 @@ def _without_name(fs: FunctionSchema) -> FunctionSchema:
     import dataclasses
 
     return dataclasses.replace(fs, name="", overload_name="")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_device_cached(_backend: str) -> Any:
+    return jax.devices()[0]
+
+
+def _default_device() -> Any:
+    """Where ``jnp.asarray`` puts arrays; None when a default device is configured."""
+    if jax.config.jax_default_device is not None:
+        return None
+    return _default_device_cached(jax.default_backend())
 
 
 def _platform_of_leaves(leaves: list[Any]) -> str:
