@@ -33,7 +33,41 @@ import jax.numpy as jnp
 from jax._src import core
 from jax._src.interpreters import ad, batching, mlir
 
-__all__ = ["LinRule", "function_lin_p"]
+__all__ = ["LinRule", "function_lin_p", "lin_aval", "vary_to", "vma_of", "zeros_of"]
+
+
+# ------------------------------------------------------------ shard_map varying types
+# Inside ``jax.shard_map`` an array's type records the manual mesh axes it varies
+# over (its "vma", ``typeof(x).mat.varying``, printed ``{V:d}``).  Tangents and
+# cotangents must carry exactly the vma of their primals, so every aval and zero
+# made here keeps it; outside shard_map the vma is empty and these are plain.
+
+
+def vma_of(x: Any) -> frozenset:
+    """The manual mesh axes ``x`` varies over (empty outside ``shard_map``)."""
+    mat = getattr(core.typeof(x), "mat", None)
+    return mat.varying if mat is not None else frozenset()
+
+
+def vary_to(x: Any, vma: frozenset) -> Any:
+    """``x`` cast (a no-op ``pvary``) to also vary over the axes in ``vma`` it lacks."""
+    missing = vma - vma_of(x)
+    return core.pvary(x, tuple(missing)) if missing else x
+
+
+def lin_aval(x: Any) -> core.ShapedArray:
+    """The (non-weak) aval of a primal or tangent, keeping its shard_map vma."""
+    aval = core.typeof(x)
+    if aval.mat.varying:
+        return aval.update(weak_type=False)
+    return core.ShapedArray(aval.shape, aval.dtype)
+
+
+def zeros_of(aval: core.ShapedArray) -> Any:
+    """Zeros of ``aval``'s shape and dtype that vary like it (a materialized zero tangent)."""
+    z = jnp.zeros(aval.shape, aval.dtype)
+    vma = aval.mat.varying
+    return core.pvary(z, tuple(vma)) if vma else z
 
 
 class LinRule:
@@ -88,7 +122,9 @@ def _transpose(cts: Sequence[Any], *args: Any, num_res: int, rule: LinRule) -> l
     if all(ct is None for ct in cts):
         return [None] * len(args)
     cts_in = rule.backward(res, cts)
-    return [None] * num_res + [None if ct is None else ct for ct in cts_in]
+    return [None] * num_res + [
+        None if ct is None else vary_to(ct, a.mat.varying) for ct, a in zip(cts_in, rule.lin_avals)
+    ]
 
 
 ad.primitive_transposes[function_lin_p] = _transpose
@@ -143,8 +179,8 @@ def _batch(args: Sequence[Any], dims: Sequence[Any], *, num_res: int, rule: LinR
         rule.name,
         fwd,
         bwd,
-        [core.ShapedArray((size, *a.shape), a.dtype) for a in rule.out_avals],
-        [core.ShapedArray((size, *a.shape), a.dtype) for a in rule.lin_avals],
+        [core.unmapped_aval(size, 0, a) for a in rule.out_avals],
+        [core.unmapped_aval(size, 0, a) for a in rule.lin_avals],
     )
     outs = function_lin_p.bind(*res, *lin, num_res=num_res, rule=new_rule)
     return outs, [0] * len(outs)

@@ -78,7 +78,7 @@ from jax._src import core
 from jax.custom_derivatives import SymbolicZero
 
 from custom_vjp import _state
-from custom_vjp._lin import LinRule, function_lin_p
+from custom_vjp._lin import LinRule, function_lin_p, lin_aval, vary_to, vma_of, zeros_of
 
 __all__ = ["Function", "FunctionCtx", "VmapInfo", "once_differentiable"]
 
@@ -537,8 +537,8 @@ class _Built:
         res, frozen = _freeze(ctx, lifetime)
         lin_idx = [i for i, p in enumerate(perturbed) if p]
         diff_idx = [i for i, d in enumerate(diff) if d]
-        out_avals = [core.ShapedArray(out_dyn[i].shape, out_dyn[i].dtype) for i in diff_idx]
-        lin_avals = [core.ShapedArray(primals[i].shape, primals[i].dtype) for i in lin_idx]
+        out_avals = [lin_aval(out_dyn[i]) for i in diff_idx]
+        lin_avals = [lin_aval(primals[i]) for i in lin_idx]
         t_diff: list[Any] = []
         if lin_idx and diff_idx:
             call = _CallRule(self, frozen, out_spec, out_dyn, diff, list(primals), lin_idx)
@@ -570,9 +570,11 @@ class _CallRule:
         self.built = built
         self.frozen = frozen
         self.out_spec = out_spec
-        self.out_avals = [core.ShapedArray(x.shape, x.dtype) for x in out_dyn]
+        # lin_aval keeps shard_map's varying axes: zeros and gradients made from these
+        # avals must vary like the primals they stand for.
+        self.out_avals = [lin_aval(x) for x in out_dyn]
         self.diff = list(diff)
-        self.in_avals = [core.ShapedArray(x.shape, x.dtype) for x in primals]
+        self.in_avals = [lin_aval(x) for x in primals]
         self.lin_idx = list(lin_idx)
 
     # -- reverse mode: the user's backward
@@ -583,7 +585,7 @@ class _CallRule:
         for a, d in zip(self.out_avals, self.diff):
             ct = next(it) if d else None
             if ct is None and materialize:
-                ct = jnp.zeros(a.shape, a.dtype)
+                ct = zeros_of(a)
             dyn.append(ct)
         spec = self.out_spec
         leaves_it = iter(dyn)
@@ -632,14 +634,14 @@ class _CallRule:
         def bwd_of_cts(*cts: Any) -> tuple[Any, ...]:
             grads = self.backward(res, list(cts), raw=True)
             return tuple(
-                jnp.zeros(self.in_avals[i].shape, self.in_avals[i].dtype) if g is None else g
+                zeros_of(self.in_avals[i]) if g is None else g
                 for g, i in zip(grads, self.lin_idx)
             )
 
         name = self.built.name
         try:
             transposed = jax.linear_transpose(
-                bwd_of_cts, *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in diff_avals]
+                bwd_of_cts, *[_sds(a) for a in diff_avals]
             )
             out = transposed(tuple(tangents))
         except (RuntimeError, ValueError, AssertionError) as exc:
@@ -656,7 +658,7 @@ class _CallRule:
         for i, t in zip(self.lin_idx, tangents):
             flat_t[i] = t
         flat_t = [
-            jnp.zeros(a.shape, a.dtype) if t is None and _is_float(a.dtype) else t
+            zeros_of(a) if t is None and _is_float(a.dtype) else t
             for t, a in zip(flat_t, self.in_avals)
         ]
         per_arg = _group_per_arg(self.built.specs, flat_t)
@@ -681,7 +683,7 @@ class _CallRule:
             if not d:
                 continue
             if t is None:
-                outs.append(jnp.zeros(a.shape, a.dtype))
+                outs.append(zeros_of(a))
                 continue
             t = jnp.asarray(t)
             if tuple(t.shape) != tuple(a.shape):
@@ -689,8 +691,36 @@ class _CallRule:
                     f"Function {self.built.name}.jvp returned an invalid tangent at index {k} - "
                     f"got {list(t.shape)} but expected shape compatible with {list(a.shape)}"
                 )
-            outs.append(t.astype(a.dtype))
+            outs.append(_fit_vma(t.astype(a.dtype), a, f"Function {self.built.name}.jvp", "tangent", k))
         return outs
+
+
+def _sds(a: core.ShapedArray) -> jax.ShapeDtypeStruct:
+    if a.mat.varying:
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding, manual_axis_type=a.mat)
+    return jax.ShapeDtypeStruct(a.shape, a.dtype)
+
+
+def _fit_vma(g: Any, aval: core.ShapedArray, who: str, what: str, index: int) -> Any:
+    """Make ``g`` vary over exactly the shard_map mesh axes ``aval`` varies over.
+
+    A value that varies over fewer axes (a constant, a zero) is cast with a no-op
+    ``pvary``; one that varies over more cannot be the derivative of the input it is
+    returned for, so it is an error naming the Function (never a wrong gradient).
+    """
+    want = aval.mat.varying
+    have = vma_of(g)
+    if have == want:
+        return g
+    extra = have - want
+    if extra:
+        raise RuntimeError(
+            f"{who} returned an invalid {what} at index {index} - it varies over the "
+            f"shard_map mesh axes {sorted(map(str, extra))} but the value it is for varies only "
+            f"over {sorted(map(str, want))}; reduce it over those axes (e.g. jax.lax.psum) or "
+            "compute it from values that do not vary over them"
+        )
+    return vary_to(g, want)
 
 
 def _no_forward_ad(name: str, exc: BaseException) -> NotImplementedError:
@@ -738,7 +768,7 @@ def _fit_grad(built: _Built, index: int, g: Any, aval: core.ShapedArray) -> Any:
         g = jnp.sum(g, axis=axes, keepdims=False).reshape(want)
     if _is_float(aval.dtype) and g.dtype != aval.dtype:
         g = g.astype(aval.dtype)
-    return g
+    return _fit_vma(g, aval, f"Function {_bw_name(built.cls)}", "gradient", index)
 
 
 def _normalize_grads(built: _Built, grads: Any, in_avals: Sequence[core.ShapedArray]) -> list[Any]:
@@ -780,6 +810,21 @@ def _normalize_grads(built: _Built, grads: Any, in_avals: Sequence[core.ShapedAr
 
 
 # ----------------------------------------------------------------------------- Function
+
+
+def _vary_alike(leaves: list[Any]) -> list[Any]:
+    """Under ``shard_map``: cast every input to vary over all axes any input varies over.
+
+    JAX does this (``pvary``) to mixed operands of its own primitives; doing it before
+    the Function means its rules only see inputs of one varying type, and the
+    gradient of an input that does not vary (a replicated weight) is reduced over
+    the mesh axes by the transpose of that cast, as for plain JAX code.
+    """
+    vmas = [vma_of(x) for x in leaves]
+    union = frozenset().union(*vmas)
+    if not union:
+        return leaves
+    return [x if v == union else vary_to(x, union) for x, v in zip(leaves, vmas)]
 
 
 def _cache_of(cls: type) -> dict[Any, _Built]:
@@ -891,7 +936,7 @@ class Function:
                     e if isinstance(e, (jax.Array, core.Tracer)) else jnp.asarray(e) for e in a
                 )
         if any(isinstance(x, core.Tracer) for x in leaves):
-            out_dyn = built.fn(*leaves)
+            out_dyn = built.fn(*_vary_alike(leaves))
         else:
             # Concrete inputs cannot carry tangents or batch dims: skip the custom_jvp
             # machinery (~0.7 ms per eager call) and run the forward directly.
