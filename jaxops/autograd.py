@@ -114,7 +114,7 @@ def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
     mode) both apply the fallback mode and give zeros, while a symbolic-zero
     cotangent (an unused output) never reaches the rule.
     """
-    from custom_vjp._lin import LinRule, function_lin_p
+    from custom_vjp._lin import LinRule, function_lin_p, lin_aval, zeros_of
     from jaxops.op import ArrayLeaves, run_kernels
 
     args = ArrayLeaves(op, values)
@@ -137,12 +137,13 @@ def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
         diff_idx = [k for k, o in enumerate(out_leaves) if _is_float(o)]
         t_out: list[Any] = [SymbolicZero(core.typeof(o).to_tangent_aval()) for o in out_leaves]
         if lin_idx and diff_idx:
-            out_avals = [core.ShapedArray(out_leaves[k].shape, out_leaves[k].dtype) for k in diff_idx]
-            lin_avals = [core.ShapedArray(primals[i].shape, primals[i].dtype) for i in lin_idx]
+            # lin_aval/zeros_of keep shard_map's varying axes (the tangent types JAX expects)
+            out_avals = [lin_aval(out_leaves[k]) for k in diff_idx]
+            lin_avals = [lin_aval(primals[i]) for i in lin_idx]
 
             def forward(_res: Any, _tangents: Any) -> list[Any]:
                 _fallback_fires(op)
-                return [jnp.zeros(a.shape, a.dtype) for a in out_avals]
+                return [zeros_of(a) for a in out_avals]
 
             def backward(_res: Any, cts: Any) -> list[Any]:
                 if any(c is not None for c in cts):

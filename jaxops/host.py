@@ -4,7 +4,10 @@ A host kernel receives NumPy arrays and returns NumPy arrays or numbers.
 
 * Eagerly, on concrete arrays, it is called directly (no callback round trip).
 * Under tracing it runs through :func:`jax.pure_callback`; the result shapes come
-  from the op's fake.
+  from the op's fake.  Under ``jax.shard_map`` the callback runs on each device's
+  local block, so its results vary over the mesh axes its inputs vary over
+  (:func:`callback_results`); ``pure_callback`` alone would type them as
+  replicated, and gradients through them would be summed over the mesh.
 
 An exception raised inside the kernel surfaces as a Python exception that names
 the op, eagerly and under ``jit`` (where JAX re-raises it as a ``RuntimeError``
@@ -13,11 +16,13 @@ subclass carrying our message); the process stays usable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+
+from custom_vjp._lin import vary_to, vma_of
 
 
 class HostKernelError(RuntimeError):
@@ -55,6 +60,18 @@ def call_kernel_eager(
         return kernel(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with the op's name
         reraise_naming_op(op_name, e)
+
+
+def callback_results(out: Any, inputs: Sequence[Any]) -> Any:
+    """``pure_callback`` results typed to vary over every mesh axis an input varies over.
+
+    >>> callback_results([np.ones(2)], [np.zeros(2)])[0].shape   # outside shard_map: unchanged
+    (2,)
+    """
+    vma = frozenset().union(*(vma_of(x) for x in inputs))
+    if not vma:
+        return out
+    return jax.tree_util.tree_map(lambda leaf: vary_to(leaf, vma), out)
 
 
 def make_callback(
@@ -102,4 +119,4 @@ def make_callback(
     return callback
 
 
-__all__ = ["HostKernelError", "call_kernel_eager", "make_callback", "reraise_naming_op", "to_numpy"]
+__all__ = ["HostKernelError", "call_kernel_eager", "callback_results", "make_callback", "reraise_naming_op", "to_numpy"]

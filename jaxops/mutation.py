@@ -223,7 +223,9 @@ def _host_traced(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
 
     method = op.vmap_method or "sequential"
     callback = _host.make_callback(op.name, body, result_shapes, vmap_method=method)
-    out, new = jax.pure_callback(callback, result_shapes, *args.leaves, vmap_method=method)
+    out, new = _host.callback_results(
+        jax.pure_callback(callback, result_shapes, *args.leaves, vmap_method=method), args.leaves
+    )
     return _assemble(op, out, list(new))
 
 

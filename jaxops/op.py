@@ -770,7 +770,8 @@ def run_host_traced(op: CustomOp, kernel: _dispatch.Kernel, values: list[Any]) -
 
     method = op.vmap_method or "sequential"
     callback = _host.make_callback(op.name, body, out_shapes, vmap_method=method)
-    return jax.pure_callback(callback, out_shapes, *args.leaves, vmap_method=method)
+    out = jax.pure_callback(callback, out_shapes, *args.leaves, vmap_method=method)
+    return _host.callback_results(out, args.leaves)
 
 
 # ---------------------------------------------------------------------- custom_op
