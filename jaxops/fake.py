@@ -27,9 +27,8 @@ class FakeImplCtx:
     >>> # inside a fake: n = jaxops.get_ctx().new_dynamic_size(min=0)
     """
 
-    def __init__(self, op_name: str, mode: str) -> None:
+    def __init__(self, op_name: str) -> None:
         self._op_name = op_name
-        self._mode = mode  # "abstract" (eval_shape / plan / jit tracing)
         self.dynamic_sizes: list[Any] = []
 
     @property
@@ -87,7 +86,7 @@ def get_ctx() -> FakeImplCtx:
 
 @contextlib.contextmanager
 def _fake_ctx(op_name: str) -> Iterator[FakeImplCtx]:
-    ctx = FakeImplCtx(op_name, "abstract")
+    ctx = FakeImplCtx(op_name)
     token = _current_ctx.set(ctx)
     try:
         yield ctx

@@ -21,7 +21,6 @@ kernel on NumPy arrays.
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, overload
 
@@ -187,8 +186,6 @@ class CustomOp:
         self._checks = [p.check for p in params]
         self._array_idx = [i for i, p in enumerate(params) if p.is_array]
         self._static_idx = [i for i, p in enumerate(params) if not p.is_array]
-        self._get_arrays = _tuple_getter(self._array_idx)
-        self._get_statics = _tuple_getter(self._static_idx)
         self._scalar_returns = any(r.type.base != "Tensor" for r in self._fs.returns)
         kernels = self.kernels.items()
         self._fast = (
@@ -606,16 +603,6 @@ def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
     lines.append(f"    return self._jitted(({arrays}), (({statics}), _KEY[0]))")
     exec("\n".join(lines), env)  # noqa: S102 - generated from the op's own schema
     return env["__call__"]
-
-
-def _tuple_getter(idx: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """A fast ``values -> tuple(values[i] for i in idx)``."""
-    if not idx:
-        return lambda values: ()
-    if len(idx) == 1:
-        (i,) = idx
-        return lambda values: (values[i],)
-    return operator.itemgetter(*idx)
 
 
 def _check_return(op_name: str, t: Any, v: Any, i: int) -> Any:
