@@ -43,6 +43,14 @@ RESERVED_NAMESPACES = frozenset(
 
 _Tracer = jax.core.Tracer
 
+#: What tracing a body with data-dependent shapes raises (jnp.nonzero, boolean masks, ...).
+_DATA_DEPENDENT_ERRORS: tuple[type[BaseException], ...] = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.NonConcreteBooleanIndexError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
 
 def parse_qualname(qualname: str) -> tuple[str, str]:
     """Split ``"ns::name"``; raise ``ValueError`` for a missing ``::`` or a reserved namespace."""
@@ -338,10 +346,33 @@ class CustomOp:
             if kernel.host:
                 return self._call_host_eager(kernel, values, leaves)
         jitted = self._make_jitted() if self._fresh_trace and not concrete else self._jitted
-        out = jitted(arrays, (statics, _KEY[0]))
+        try:
+            out = jitted(arrays, (statics, _KEY[0]))
+        except _DATA_DEPENDENT_ERRORS:
+            if not concrete:
+                raise
+            out = self._run_op_by_op(arrays, statics)
         if concrete and self._scalar_returns:
             return self._finish_eager(out)
         return out
+
+    def _run_op_by_op(self, arrays: tuple[Any, ...], statics: tuple[Any, ...]) -> Any:
+        """Eager fallback for a traceable body that cannot be traced (data-dependent shapes).
+
+        ``jnp.nonzero(x)`` and friends work on concrete arrays only; eagerly the op
+        then runs its body op by op, as PyTorch would.  Under an outer ``jit`` the
+        tracing error reaches the user unchanged.
+        """
+        with jax.disable_jit():
+            return self._jitted(arrays, (statics, _KEY[0]))
+
+    def _eager_fallback(self, args: tuple[Any, ...], exc: BaseException) -> Any:
+        """Called by the generated hot path when tracing the body failed."""
+        if any(isinstance(a, _Tracer) for a in args):
+            raise exc
+        values = self._binder.bind(args, {})
+        arrays, statics = self._split(values)
+        return self._run_op_by_op(arrays, statics)
 
     def _no_kernel_error(self, platform: str) -> RuntimeError:
         have = ", ".join(k for k, _ in self.kernels.items()) or "none"
@@ -590,6 +621,7 @@ def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
         "_STR_EXACT": frozenset({str}),
         "_KEY": _KEY,
         "_profiles": profiles,
+        "_DATA_DEPENDENT_ERRORS": _DATA_DEPENDENT_ERRORS,
     }
     for i, p in enumerate(params):
         env[f"c{i}"] = p.check
@@ -600,7 +632,10 @@ def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
             lines.append(f"    if type(a{i}) not in {exact}: a{i} = c{i}(a{i})")
     arrays = "".join(f"a{i}, " for i in op._array_idx)
     statics = "".join(f"a{i}, " for i in op._static_idx)
-    lines.append(f"    return self._jitted(({arrays}), (({statics}), _KEY[0]))")
+    lines.append("    try:")
+    lines.append(f"        return self._jitted(({arrays}), (({statics}), _KEY[0]))")
+    lines.append("    except _DATA_DEPENDENT_ERRORS as e:")
+    lines.append("        return self._eager_fallback(args, e)")
     exec("\n".join(lines), env)  # noqa: S102 - generated from the op's own schema
     return env["__call__"]
 

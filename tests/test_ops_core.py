@@ -284,3 +284,21 @@ def test_infer_schema_is_exported():
 
     assert jaxops.infer_schema(f, mutates_args=()) == "(Tensor x, SymInt n=2) -> Tensor"
     assert jaxops.infer_schema(f, mutates_args=(), op_name="myop") == "myop(Tensor x, SymInt n=2) -> Tensor"
+
+
+def test_traceable_body_with_data_dependent_shape_runs_eagerly():
+    @jaxops.custom_op("t_core::nonzero", mutates_args=())
+    def nonzero(x: jax.Array) -> jax.Array:
+        return jnp.stack(jnp.nonzero(x), axis=1)
+
+    @jaxops.custom_op("t_core::positive", mutates_args=())
+    def positive(x: jax.Array, *, above: float = 0.0) -> jax.Array:
+        return x[x > above]
+
+    x = jnp.array([0.0, 1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(nonzero(x), [[1], [3]])
+    np.testing.assert_allclose(positive(x), [1.0, 2.0])
+    np.testing.assert_allclose(positive(x, above=1.0), [2.0])
+    # under jit the shape is unknown: JAX's own error reaches the user
+    with pytest.raises(jax.errors.ConcretizationTypeError):
+        jax.jit(nonzero)(x)
