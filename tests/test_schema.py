@@ -419,3 +419,30 @@ def test_fuzz_mutated_valid_schemas(text: str, edits: list[tuple[str, int, str]]
             else:
                 chars[i] = c
     _check_parses_or_clean_error("".join(chars))
+
+
+# The same fuzzers, 50x longer: `nox -s slow` (pytest -m slow).
+_SLOW_FUZZ = settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.slow
+@_SLOW_FUZZ
+@given(st.lists(_ALPHABET, max_size=120).map("".join))
+def test_slow_fuzz_schema_alphabet(text: str) -> None:
+    _check_parses_or_clean_error(text)
+
+
+@pytest.mark.slow
+@_SLOW_FUZZ
+@given(
+    st.sampled_from(ROUND_TRIP),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["delete", "insert", "replace"]), st.integers(0, 200), st.characters()
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_slow_fuzz_mutated_valid_schemas(text: str, edits: list[tuple[str, int, str]]) -> None:
+    test_fuzz_mutated_valid_schemas.hypothesis.inner_test(text, edits)
