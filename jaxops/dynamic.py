@@ -181,21 +181,8 @@ def _impl(*operands: Any, call: _Call, out_avals: tuple[Any, ...]) -> list[Any]:
         vals[i] = a
     pos, kw = call.op._binder.split_call(vals)
     out = call.op.check_outputs(_host.call_kernel_eager(call.op.name, call.kernel.fn, pos, kw))
-    leaves = jax.tree_util.tree_leaves(out)
-    if len(leaves) != len(out_avals):
-        raise RuntimeError(
-            f"{call.op.name}: the host kernel returned {len(leaves)} arrays but the fake "
-            f"(register_fake) describes {len(out_avals)}"
-        )
-    fixed = []
-    for i, (leaf, aval) in enumerate(zip(leaves, out_avals)):
-        a = np.asarray(leaf)
-        if a.ndim != len(aval.shape):
-            raise RuntimeError(
-                f"{call.op.name}: output {i} of the host kernel has {a.ndim} dims but the fake says {len(aval.shape)}"
-            )
-        fixed.append(jax.numpy.asarray(a.astype(aval.dtype, copy=False)))
-    return fixed
+    leaves, _ = _host.conform_outputs(call.op.name, out, list(out_avals))
+    return [jax.numpy.asarray(a) for a in leaves]
 
 
 def _lowering(ctx: Any, *args: Any, call: _Call, out_avals: tuple[Any, ...]) -> Any:

@@ -74,6 +74,37 @@ def callback_results(out: Any, inputs: Sequence[Any]) -> Any:
     return jax.tree_util.tree_map(lambda leaf: vary_to(leaf, vma), out)
 
 
+def conform_outputs(
+    op_name: str, out: Any, expected: list[Any], *, batched: bool = False
+) -> tuple[list[np.ndarray], Any]:
+    """Check a host kernel's outputs against the fake's avals; NumPy leaves of the expected dtypes.
+
+    Symbolic (data-dependent) dims of the fake match any size.  With ``batched``
+    the kernel may return extra leading batch dims: only the trailing dims are
+    compared.  Raises :class:`HostKernelError` naming the op on a mismatch.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(out)
+    if len(leaves) != len(expected):
+        raise HostKernelError(
+            f"{op_name}: the host kernel returned {len(leaves)} arrays but the fake "
+            f"(register_fake) describes {len(expected)}"
+        )
+    fixed = []
+    for i, (leaf, exp) in enumerate(zip(leaves, expected)):
+        arr = np.asarray(leaf)
+        want = tuple(exp.shape)
+        got = arr.shape[arr.ndim - len(want):] if batched and arr.ndim >= len(want) else arr.shape
+        if len(got) != len(want) or any(
+            isinstance(w, (int, np.integer)) and g != w for g, w in zip(got, want)
+        ):
+            raise HostKernelError(
+                f"{op_name}: output {i} of the host kernel has shape {arr.shape} but the fake "
+                f"(register_fake) says {want}; fix the fake or the kernel"
+            )
+        fixed.append(arr.astype(exp.dtype, copy=False))
+    return fixed, treedef
+
+
 def make_callback(
     op_name: str,
     body: Callable[..., Any],
@@ -97,26 +128,10 @@ def make_callback(
             out = body(*np_args)
         except Exception as e:  # noqa: BLE001
             raise HostKernelError(_describe(op_name, e)) from e
-        leaves, treedef = jax.tree_util.tree_flatten(out)
-        if len(leaves) != len(expected):
-            raise HostKernelError(
-                f"{op_name}: the host kernel returned {len(leaves)} arrays but the fake "
-                f"(register_fake) describes {len(expected)}"
-            )
-        fixed = []
-        for i, (leaf, exp) in enumerate(zip(leaves, expected)):
-            arr = np.asarray(leaf)
-            want = tuple(exp.shape)
-            got = arr.shape[arr.ndim - len(want):] if batched and arr.ndim >= len(want) else arr.shape
-            if got != want:
-                raise HostKernelError(
-                    f"{op_name}: output {i} of the host kernel has shape {arr.shape} but the fake "
-                    f"(register_fake) says {tuple(exp.shape)}; fix the fake or the kernel"
-                )
-            fixed.append(arr.astype(exp.dtype, copy=False))
-        return jax.tree_util.tree_unflatten(treedef, fixed)
+        leaves, treedef = conform_outputs(op_name, out, expected, batched=batched)
+        return jax.tree_util.tree_unflatten(treedef, leaves)
 
     return callback
 
 
-__all__ = ["HostKernelError", "call_kernel_eager", "callback_results", "make_callback", "reraise_naming_op", "to_numpy"]
+__all__ = ["HostKernelError", "call_kernel_eager", "callback_results", "conform_outputs", "make_callback", "reraise_naming_op", "to_numpy"]
