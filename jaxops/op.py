@@ -190,6 +190,7 @@ class CustomOp:
         # jit's cache still makes steady-state calls free).
         self._fresh_trace = self._autograd is None and self.kernels.any_host
         self._fake_cache = {}
+        self._op_by_op = False  # set when the body turned out to be untraceable eagerly
         params = self._binder.params
         self._checks = [p.check for p in params]
         self._array_idx = [i for i, p in enumerate(params) if p.is_array]
@@ -345,13 +346,16 @@ class CustomOp:
                 raise self._no_kernel_error(platform)
             if kernel.host:
                 return self._call_host_eager(kernel, values, leaves)
-        jitted = self._make_jitted() if self._fresh_trace and not concrete else self._jitted
-        try:
-            out = jitted(arrays, (statics, _KEY[0]))
-        except _DATA_DEPENDENT_ERRORS:
-            if not concrete:
-                raise
+        if concrete and self._op_by_op:
             out = self._run_op_by_op(arrays, statics)
+        else:
+            jitted = self._make_jitted() if self._fresh_trace and not concrete else self._jitted
+            try:
+                out = jitted(arrays, (statics, _KEY[0]))
+            except _DATA_DEPENDENT_ERRORS:
+                if not concrete:
+                    raise
+                out = self._run_op_by_op(arrays, statics)
         if concrete and self._scalar_returns:
             return self._finish_eager(out)
         return out
@@ -361,8 +365,12 @@ class CustomOp:
 
         ``jnp.nonzero(x)`` and friends work on concrete arrays only; eagerly the op
         then runs its body op by op, as PyTorch would.  Under an outer ``jit`` the
-        tracing error reaches the user unchanged.
+        tracing error reaches the user unchanged.  The op remembers this (until its
+        next registration), so later eager calls do not try to trace it again.
         """
+        if not self._op_by_op:
+            self._op_by_op = True
+            self.__class__ = CustomOp  # leave the generated hot path: it would trace first
         with jax.disable_jit():
             return self._jitted(arrays, (statics, _KEY[0]))
 

@@ -287,8 +287,11 @@ def test_infer_schema_is_exported():
 
 
 def test_traceable_body_with_data_dependent_shape_runs_eagerly():
+    runs = []
+
     @jaxops.custom_op("t_core::nonzero", mutates_args=())
     def nonzero(x: jax.Array) -> jax.Array:
+        runs.append(1)
         return jnp.stack(jnp.nonzero(x), axis=1)
 
     @jaxops.custom_op("t_core::positive", mutates_args=())
@@ -297,6 +300,9 @@ def test_traceable_body_with_data_dependent_shape_runs_eagerly():
 
     x = jnp.array([0.0, 1.0, 0.0, 2.0])
     np.testing.assert_array_equal(nonzero(x), [[1], [3]])
+    assert len(runs) == 2  # one failed trace, one op-by-op run
+    np.testing.assert_array_equal(nonzero(x), [[1], [3]])
+    assert len(runs) == 3  # remembered: no second attempt to trace
     np.testing.assert_allclose(positive(x), [1.0, 2.0])
     np.testing.assert_allclose(positive(x, above=1.0), [2.0])
     # under jit the shape is unknown: JAX's own error reaches the user
