@@ -261,18 +261,14 @@ def _tuple_to_list(t: Any) -> Any:
     return list[typing.Union[tuple(args)]]  # noqa: UP007
 
 
+_RETURNABLE = ("SymInt", "float", "bool", "Tensor", "Scalar")
+
+
 def _return_base(t: Any, resolve: _Resolver) -> str | None:
     t = resolve(t)
-    if t is int:
-        return "SymInt"
-    if t is float:
-        return "float"
-    if t is bool:
-        return "bool"
-    if _is_array(t):
-        return "Tensor"
-    if _is_number(t):
-        return "Scalar"
+    base = _base_type(t)
+    if base is not None:
+        return base if base in _RETURNABLE else None
     if typing.get_origin(t) in _LIST_ORIGINS:
         args = typing.get_args(t)
         if len(args) == 1 and _is_array(resolve(args[0])):
