@@ -108,13 +108,13 @@ def _fallback_fires(op: CustomOp) -> None:
 def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
     """A host op with no formula: a zero derivative whose rules apply the fallback mode.
 
-    A ``custom_jvp`` whose output tangent is :data:`custom_vjp._lin.function_lin_p`
+    A ``custom_jvp`` whose output tangent is the linear primitive of :func:`custom_vjp.rules.linear_call`
     (the linear primitive ``custom_vjp.Function`` uses): evaluating it (forward mode:
     ``jax.jvp``, ``jacfwd``) and transposing it with a non-zero cotangent (reverse
     mode) both apply the fallback mode and give zeros, while a symbolic-zero
     cotangent (an unused output) never reaches the rule.
     """
-    from custom_vjp._lin import LinRule, function_lin_p, lin_aval, zeros_of
+    from custom_vjp.rules import LinRule, lin_aval, linear_call, zeros_of
     from jaxops.op import ArrayLeaves, run_kernels
 
     args = ArrayLeaves(op, values)
@@ -151,7 +151,7 @@ def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
                 return [None] * len(lin_idx)
 
             rule = LinRule(op.name, forward, backward, out_avals, lin_avals)
-            t_diff = function_lin_p.bind(*[tangents[i] for i in lin_idx], num_res=0, rule=rule)
+            t_diff = linear_call([tangents[i] for i in lin_idx], rule)
             for k, t in zip(diff_idx, t_diff):
                 t_out[k] = t
         return out, jax.tree_util.tree_unflatten(out_tree, t_out)
@@ -239,7 +239,7 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
     cls = cache.get(struct)
     if cls is not None:
         return cls
-    from custom_vjp import Function
+    from custom_vjp.rules import make_function, set_static
     from jaxops.op import run_kernels
 
     reg: _Registered = op._autograd
@@ -279,7 +279,7 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
         view = _CtxView(ctx, needs)
         # Only the static tuple travels to backward: a view (holding this forward ctx and
         # its traced saved arrays) would be frozen as static aux data and leak tracers.
-        object.__setattr__(ctx, "_jaxops_needs", needs)
+        set_static(ctx, "_jaxops_needs", needs)
         if reg.setup_context is None:
             return
         vals = unflatten(inputs)
@@ -324,17 +324,7 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
         flat.extend([None] * sum(1 if n is None else n for n in struct[n_pos:]))
         return tuple(flat)
 
-    name = op.name
-    cls = type(
-        f"{op.qualname.replace('::', '_')}_autograd",
-        (Function,),
-        {
-            "forward": staticmethod(forward),
-            "setup_context": staticmethod(setup),
-            "backward": staticmethod(backward),
-            "_custom_vjp_name": name,
-        },
-    )
+    cls = make_function(op.name, forward=forward, setup_context=setup, backward=backward)
     cache[struct] = cls
     return cls
 

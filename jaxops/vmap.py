@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from custom_vjp.function import VmapInfo
+from custom_vjp.rules import VmapInfo
 
 if TYPE_CHECKING:
     from jaxops.op import CustomOp
