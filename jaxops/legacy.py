@@ -148,7 +148,7 @@ def _check_signature_matches(qualname: str, fs: FunctionSchema, fn: Callable[...
     s_kw = [a.name for a in fs.arguments if a.kwarg_only]
     if py_pos != s_pos or py_kw != s_kw:
         raise ValueError(
-            f"legacy.custom_op({qualname!r}): expected the signature of {fn.__name__} to match the "
+            f"legacy.custom_op({qualname!r}): expected {fn.__name__}'s signature to match the "
             f"schema {_anonymous(fs)} (same names, order and keyword-only parameters): the schema has "
             f"{describe(s_pos, s_kw)}, the function has {describe(py_pos, py_kw)}"
         )
@@ -324,6 +324,11 @@ class LegacyCustomOp(OpOverloadPacket):
         self._output_differentiability: list[bool] | None = None
         self._bad_output_diff: str | None = None
         self._destroyed = False
+        self._target: Any = None  # the jaxops op a handle (owned=False) was made for
+
+    def _target_is_current(self) -> bool:
+        overloads = _registry.get(self._qualname) or {}
+        return overloads.get("") is self._target
 
     # -- identity
     @property
@@ -356,9 +361,13 @@ class LegacyCustomOp(OpOverloadPacket):
 
     # -- kernels
     def impl(
-        self, device_types: str | Sequence[str] = ("cpu", "cuda")
+        self, device_types: str | Sequence[str] = ("cpu", "cuda"), *, host: bool = False
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the kernel for ``device_types``.
+
+        The kernel is traceable JAX code; ``host=True`` marks a NumPy kernel (as
+        :func:`jaxops.custom_op`'s ``host``), which then needs :meth:`impl_abstract` to be
+        traced.
 
         >>> # @op.impl("cpu")
         >>> # def _(x): return jnp.sin(x)
@@ -380,7 +389,7 @@ class LegacyCustomOp(OpOverloadPacket):
                     )
             kernel = _adapt(self._declared, fn)
             for p in platforms:
-                self._lib.impl(self._qualname, kernel, p)
+                self._lib.impl(self._qualname, kernel, p, host=host)
                 self._kernel_devices[p] = where
             return fn
 
@@ -653,8 +662,10 @@ def get_op(qualname: str) -> LegacyCustomOp:
     registrations (not the op).
     """
     op = _LEGACY.get(qualname)
-    if op is not None:
+    if op is not None and (op._owned or op._target_is_current()):
         return op
+    if op is not None:  # a handle on an op that was destroyed or redefined since
+        op._destroy()
     ns, _ = _check_qualname(qualname)
     try:
         existing = _registry.lookup(qualname)
@@ -667,6 +678,7 @@ def get_op(qualname: str) -> LegacyCustomOp:
         qualname, existing.function_schema.with_name(qualname), Library(ns, "FRAGMENT"),
         owned=False, where=_caller(),
     )
+    handle._target = existing
     _LEGACY[qualname] = handle
     return handle
 
@@ -676,13 +688,16 @@ def impl(
     *,
     device_types: str | Sequence[str] = ("cpu", "cuda"),
     func: Callable[..., Any] | None = None,
+    host: bool = False,
 ) -> Any:
     """Register a kernel of ``qualname`` for ``device_types`` (decorator, or with ``func=``).
+
+    ``host=True`` marks a NumPy kernel (see :meth:`LegacyCustomOp.impl`).
 
     >>> # @legacy.impl("mylib::foo", device_types="cpu")
     >>> # def _(x): return jnp.sin(x)
     """
-    register = get_op(qualname).impl(device_types)
+    register = get_op(qualname).impl(device_types, host=host)
     return register if func is None else register(func)
 
 
