@@ -24,6 +24,12 @@ from jaxops.schema import is_functional_schema, is_tensorlist_like_type, parse_s
 
 NS = "t_legacy"
 X = jnp.array([0.5, -1.0, 2.0])
+_CPU = jax.devices("cpu")[0]
+
+
+def cpu(x):
+    """``x`` on the CPU: tests of "cpu"-only kernels also run on a GPU machine."""
+    return jax.device_put(x, _CPU)
 
 
 @pytest.fixture(autouse=True)
@@ -267,7 +273,7 @@ def test_impl_cpu():
     def foo_cpu(x):
         return jnp.sin(x)
 
-    np.testing.assert_allclose(foo(X), foo_cpu(X))
+    np.testing.assert_allclose(foo(cpu(X)), foo_cpu(X))
 
 
 def test_op_impl_method_and_host_kernel():
@@ -279,7 +285,7 @@ def test_op_impl_method_and_host_kernel():
     def _(x, dim):
         return np.sum(x, axis=dim)  # NumPy: a host kernel
 
-    np.testing.assert_allclose(foo(jnp.ones((2, 3)), 1), [3.0, 3.0])
+    np.testing.assert_allclose(foo(cpu(jnp.ones((2, 3))), 1), [3.0, 3.0])
 
 
 def test_impl_invalid_devices():
@@ -362,11 +368,11 @@ def test_impl_abstract_host_op_under_transforms():
         del shape[dim]
         return jax.ShapeDtypeStruct(tuple(shape), x.dtype)
 
-    x = jnp.ones((2, 3))
+    x = cpu(jnp.ones((2, 3)))
     out = jax.eval_shape(lambda a: foo(a, 1), jax.ShapeDtypeStruct((2, 3), jnp.float32))
     assert out.shape == foo_meta(x, 1).shape == (2,)
     np.testing.assert_allclose(jax.jit(foo, static_argnums=1)(x, 1), [3.0, 3.0])
-    np.testing.assert_allclose(jax.vmap(lambda a: foo(a, 0))(jnp.ones((4, 2, 3))), 2 * jnp.ones((4, 3)))
+    np.testing.assert_allclose(jax.vmap(lambda a: foo(a, 0))(cpu(jnp.ones((4, 2, 3)))), 2 * jnp.ones((4, 3)))
 
 
 def test_duplicate_impl_abstract_names_the_first():
@@ -391,7 +397,7 @@ def test_abstract_impl_on_existing_op(lib):
     legacy.impl_abstract(f"{NS}::foo", func=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
     out = jax.eval_shape(jaxops.ops.t_legacy.foo, jax.ShapeDtypeStruct((3,), jnp.float32))
     assert out.shape == (3,) and out.dtype == jnp.float32
-    np.testing.assert_allclose(jax.jit(jaxops.ops.t_legacy.foo)(X), np.sin(X), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jaxops.ops.t_legacy.foo)(cpu(X)), np.sin(X), rtol=1e-6)
 
 
 def test_abstract_impl_on_existing_op_with_meta(lib):
