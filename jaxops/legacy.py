@@ -537,7 +537,8 @@ def _legacy_backward(op: LegacyCustomOp) -> Callable[..., Any]:
     n_pos = len(_underlying_schema(declared).positional_arguments)
 
     def run(ctx: Any, *grads: Any) -> tuple[Any, ...]:
-        assert backward is not None  # setup raised otherwise
+        if backward is None:  # setup_context raises first; kept for a clear message regardless
+            raise RuntimeError(f"Autograd has not been implemented for operator {op.qualname}")
         if diff is not None:
             grads = tuple(
                 g if d else jax.tree_util.tree_map(jnp.zeros_like, g) for g, d in zip(grads, diff)
