@@ -882,3 +882,30 @@ def test_tuple_to_list_mixed_types():
     assert tuple_to_list(Tuple[int, float]) == List[typing.Union[int, float]]  # noqa: UP006, UP007
     assert tuple_to_list(Tuple[int, float, str]) == List[typing.Union[int, float, str]]  # noqa: UP006, UP007
     assert tuple_to_list(tuple[int, float]) == List[typing.Union[int, float]]  # noqa: UP006, UP007
+
+
+# ---------------------------------------------------------------------------- exports
+def test_public_names():
+    assert jaxops.legacy is legacy
+    assert {"legacy", "generate_repro", "is_inside_opcheck"} <= set(jaxops.__all__)
+    for name in ("custom_op", "impl", "impl_abstract", "impl_save_for_backward", "impl_backward"):
+        assert callable(getattr(legacy, name)) and getattr(legacy, name).__doc__
+
+
+def test_get_op_unknown_name():
+    with pytest.raises(ValueError, match=r"could not find the operator t_legacy::nope"):
+        legacy.impl(f"{NS}::nope", func=jnp.sin)
+
+
+def test_backward_on_a_jaxops_custom_op():
+    @jaxops.custom_op(f"{NS}::cube", mutates_args=())
+    def cube(x: jax.Array) -> jax.Array:
+        return x**3
+
+    try:
+        legacy.impl_save_for_backward(f"{NS}::cube")(lambda inputs, output: inputs.x)
+        legacy.impl_backward(f"{NS}::cube")(lambda ctx, x, g: {"x": 100 * g})  # deliberately not 3x^2
+        np.testing.assert_allclose(grad_of(cube, X), 100 * jnp.ones(3))
+    finally:
+        legacy._destroy(f"{NS}::cube")
+        jaxops.registry.unregister(f"{NS}::cube")
