@@ -312,7 +312,11 @@ class LegacyCustomOp(OpOverloadPacket):
     """
 
     def __init__(self, qualname: str, declared: FunctionSchema, lib: Library, *, owned: bool, where: str) -> None:
-        super().__init__(qualname)
+        ns, _, rest_name = qualname.partition("::")
+        base, _, overload = rest_name.partition(".")
+        super().__init__(f"{ns}::{base}")
+        self._full = qualname  # "ns::name" or, for a handle on an overload, "ns::name.overload"
+        self._overload_name = overload
         self._declared = declared
         self._lib = lib
         self._owned = owned
@@ -328,18 +332,26 @@ class LegacyCustomOp(OpOverloadPacket):
 
     def _target_is_current(self) -> bool:
         overloads = _registry.get(self._qualname) or {}
-        return overloads.get("") is self._target
+        return overloads.get(self._overload_name) is self._target
+
+    @property
+    def default(self) -> Any:
+        """The underlying :class:`jaxops.CustomOp` (the overload this handle is for)."""
+        op = (_registry.get(self._qualname) or {}).get(self._overload_name)
+        if op is None:
+            raise AttributeError(f"op {self._full!r} is no longer registered")
+        return op
 
     # -- identity
     @property
     def qualname(self) -> str:
         """``"ns::name"``."""
-        return self._qualname
+        return self._full
 
     @property
     def name(self) -> str:
         """``"ns::name"`` (legacy ops have one overload)."""
-        return self._qualname
+        return self._full
 
     @property
     def schema(self) -> str:
@@ -347,17 +359,17 @@ class LegacyCustomOp(OpOverloadPacket):
         return _anonymous(self._declared)
 
     def __repr__(self) -> str:
-        return f"<jaxops.legacy.LegacyCustomOp {self._qualname}{self.schema}>"
+        return f"<jaxops.legacy.LegacyCustomOp {self._full}{self.schema}>"
 
     def _check_alive(self) -> None:
         if self._destroyed:
-            raise RuntimeError(f"legacy op {self._qualname} was destroyed (_destroy()); define it again")
+            raise RuntimeError(f"legacy op {self._full} was destroyed (_destroy()); define it again")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._check_alive()
         if self._bad_output_diff is not None:
             raise RuntimeError(self._bad_output_diff)
-        return super().__call__(*args, **kwargs)
+        return self.default(*args, **kwargs)
 
     # -- kernels
     def impl(
@@ -373,7 +385,7 @@ class LegacyCustomOp(OpOverloadPacket):
         >>> # def _(x): return jnp.sin(x)
         """
         self._check_alive()
-        platforms = _normalize_legacy_devices(self._qualname, device_types)
+        platforms = _normalize_legacy_devices(self._full, device_types)
 
         def inner(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = _caller()
@@ -383,13 +395,13 @@ class LegacyCustomOp(OpOverloadPacket):
                 if p in self._kernel_devices or p in existing or "default" in existing:
                     earlier = self._kernel_devices.get(p) or existing.get(p) or existing.get("default")
                     raise RuntimeError(
-                        f"legacy.impl({self._qualname!r}, device_types={device_types!r}): the op already "
+                        f"legacy.impl({self._full!r}, device_types={device_types!r}): the op already "
                         f"has an implementation for device type '{p}' (registered at {earlier}); an op "
                         "has one kernel per device type"
                     )
             kernel = _adapt(self._declared, fn)
             for p in platforms:
-                self._lib.impl(self._qualname, kernel, p, host=host)
+                self._lib.impl(self._full, kernel, p, host=host)
                 self._kernel_devices[p] = where
             return fn
 
@@ -404,21 +416,21 @@ class LegacyCustomOp(OpOverloadPacket):
         self._check_alive()
 
         def inner(fn: Callable[..., Any]) -> Callable[..., Any]:
-            if "CompositeImplicitAutograd" in dispatch_keys(self._qualname):
+            if "CompositeImplicitAutograd" in dispatch_keys(self._full):
                 raise RuntimeError(
-                    f"legacy.impl_abstract({self._qualname!r}): the op has a CompositeImplicitAutograd "
+                    f"legacy.impl_abstract({self._full!r}): the op has a CompositeImplicitAutograd "
                     "kernel, whose shapes come from tracing its body; it needs no abstract impl"
                 )
             if self._abstract is not None:
                 raise RuntimeError(
-                    f"legacy.impl_abstract({self._qualname!r}): the op already has an abstract impl (a "
+                    f"legacy.impl_abstract({self._full!r}): the op already has an abstract impl (a "
                     f"Meta implementation / fake) registered at {self._abstract}; an op has one"
                 )
             try:
-                self._lib.impl(self._qualname, _adapt(self._declared, fn), "Meta")
+                self._lib.impl(self._full, _adapt(self._declared, fn), "Meta")
             except RuntimeError as e:
                 raise RuntimeError(
-                    f"legacy.impl_abstract({self._qualname!r}): the op already has an abstract impl (a "
+                    f"legacy.impl_abstract({self._full!r}): the op already has an abstract impl (a "
                     f"Meta implementation / fake): {e}"
                 ) from None
             self._abstract = _caller()
@@ -434,7 +446,7 @@ class LegacyCustomOp(OpOverloadPacket):
         the backward.
         """
         self._check_alive()
-        _backward_checks_schema(self._qualname, self._declared)
+        _backward_checks_schema(self._full, self._declared)
 
         def inner(fn: Callable[..., Any]) -> Callable[..., Any]:
             self._save = (fn, _caller())
@@ -452,7 +464,7 @@ class LegacyCustomOp(OpOverloadPacket):
         that carry no gradient.
         """
         self._check_alive()
-        _backward_checks_schema(self._qualname, self._declared)
+        _backward_checks_schema(self._full, self._declared)
         returns = self._declared.returns
         if output_differentiability is not None:
             bad = (
@@ -462,7 +474,7 @@ class LegacyCustomOp(OpOverloadPacket):
             )
             if bad:
                 raise RuntimeError(
-                    f"impl_backward({self._qualname!r}, output_differentiability=...): expected "
+                    f"impl_backward({self._full!r}, output_differentiability=...): expected "
                     "output_differentiability to be a list of bools with length equal to the number "
                     f"of outputs of this op ({len(returns)}), got {output_differentiability!r}"
                 )
@@ -474,7 +486,7 @@ class LegacyCustomOp(OpOverloadPacket):
             for idx, (d, r) in enumerate(zip(output_differentiability or (), returns)):
                 if d and not r.type.is_tensor_like:
                     self._bad_output_diff = (
-                        f"{self._qualname}: with output_differentiability={output_differentiability}, "
+                        f"{self._full}: with output_differentiability={output_differentiability}, "
                         f"output {idx} has type {r.type}, which is not a Tensor, so it cannot be marked "
                         "as differentiable in output_differentiability (use False for it)"
                     )
@@ -494,8 +506,8 @@ class LegacyCustomOp(OpOverloadPacket):
             return
         self._lib._destroy()
         self._destroyed = True
-        if _LEGACY.get(self._qualname) is self:
-            del _LEGACY[self._qualname]
+        if _LEGACY.get(self._full) is self:
+            del _LEGACY[self._full]
 
 
 def _legacy_setup(op: LegacyCustomOp) -> Callable[..., None]:
@@ -667,7 +679,7 @@ def get_op(qualname: str) -> LegacyCustomOp:
         return op
     if op is not None:  # a handle on an op that was destroyed or redefined since
         op._destroy()
-    ns, _ = _check_qualname(qualname)
+    ns, _ = parse_qualname(qualname)  # handles may name an overload ("ns::op.overload")
     try:
         existing = _registry.lookup(qualname)
     except KeyError:

@@ -391,6 +391,19 @@ def test_duplicate_impl_abstract_names_the_first():
             return foo_meta(x, dim)
 
 
+def test_impl_abstract_overload(lib):
+    lib.define("sin.blah(Tensor x) -> Tensor")
+    lib.impl("sin.blah", lambda x: np.sin(x), "default", host=True)
+    legacy.impl_abstract(f"{NS}::sin.blah", func=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    op = jaxops.ops.t_legacy.sin.blah
+    out = jax.eval_shape(op, jax.ShapeDtypeStruct((3,), jnp.float32))
+    assert out.shape == (3,)
+    np.testing.assert_allclose(jax.jit(op)(X), np.sin(X), rtol=1e-6)
+    handle = legacy.get_op(f"{NS}::sin.blah")
+    assert handle.name == f"{NS}::sin.blah" and handle.default is op
+    np.testing.assert_allclose(handle(X), np.sin(X), rtol=1e-6)
+
+
 def test_abstract_impl_on_existing_op(lib):
     lib.define("foo(Tensor x) -> Tensor")
     lib.impl("foo", lambda x: np.sin(x), "cpu", host=True)
