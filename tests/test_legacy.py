@@ -332,7 +332,7 @@ def test_impl_on_existing_op(lib):
     np.testing.assert_allclose(grad_of(jaxops.ops.t_legacy.foo, X), jnp.cos(X), rtol=1e-6)
 
 
-@pytest.mark.parametrize("key", ["cpu", "cuda", "CompositeImplicitAutograd", "CompositeExplicitAutograd"])
+@pytest.mark.parametrize("key", ["CPU", "CUDA", "cpu", "CompositeImplicitAutograd", "CompositeExplicitAutograd"])
 def test_impl_on_existing_op_with_cpu_registration(lib, key):
     lib.define("foo(Tensor x) -> Tensor")
     lib.impl("foo", jnp.sin, key)
