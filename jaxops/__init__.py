@@ -8,6 +8,7 @@
 '(Tensor x, Tensor y, float alpha=1.0) -> Tensor'
 """
 
+import jaxops.legacy as legacy
 from jaxops import types
 from jaxops.autograd import (
     autograd_fallback_mode,
@@ -27,7 +28,7 @@ from jaxops.library import (
 )
 from jaxops.monitoring import compile_counter
 from jaxops.op import CustomOp, custom_op
-from jaxops.opcheck import OpCheckError, opcheck
+from jaxops.opcheck import OpCheckError, is_inside_opcheck, opcheck
 from jaxops.plan import Plan, plan
 from jaxops.profiles import (
     MissingOpProfile,
@@ -39,6 +40,7 @@ from jaxops.profiles import (
     unsafe_generate_fake_kernels,
 )
 from jaxops.registry import OpOverloadPacket, ops
+from jaxops.repro import generate_repro
 from jaxops.samples import register_sample_inputs, sample_inputs
 from jaxops.schema import FunctionSchema, parse_schema
 
@@ -79,4 +81,7 @@ __all__ = [
     "set_autograd_fallback_mode",
     "types",
     "unsafe_generate_fake_kernels",
+    "legacy",
+    "generate_repro",
+    "is_inside_opcheck",
 ]

@@ -58,7 +58,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: Modules whose frames are registration plumbing, never the user's line.
 _PLUMBING = frozenset(
     os.path.join(_PACKAGE_DIR, f"{m}.py")
-    for m in ("op", "library", "registry", "dispatch", "fake", "autograd", "vmap", "sharding", "annotations")
+    for m in ("op", "library", "registry", "dispatch", "fake", "autograd", "vmap", "sharding", "annotations", "legacy")
 )
 
 

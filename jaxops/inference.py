@@ -523,3 +523,24 @@ def infer_function_schema(
             f"infer_schema({_op_label(fn, op_name)}): the inferred schema {text!r} is not "
             f"valid: {e}"
         ) from e
+
+
+def tuple_to_list(tuple_type: Any) -> Any:
+    """The ``typing.List`` a ``typing.Tuple`` annotation corresponds to (as PyTorch's).
+
+    ``Tuple[int, float]`` -> ``List[Union[int, float]]``; ``Tuple[T, ...]`` and
+    ``Tuple[T]`` -> ``List[T]``; a bare ``Tuple`` -> ``List``.  Schema inference suggests
+    it when a parameter is annotated with a tuple (schemas have lists, not tuples).
+
+    >>> from typing import List, Tuple, Union
+    >>> tuple_to_list(Tuple[int, float]) == List[Union[int, float]]
+    True
+    >>> tuple_to_list(Tuple[int, ...]) == List[int]
+    True
+    """
+    args = getattr(tuple_type, "__args__", None)
+    if tuple_type is typing.Tuple or tuple_type is tuple or not args or args == ((),):  # noqa: UP006
+        return typing.List  # noqa: UP006
+    if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis):
+        return typing.List[args[0]]  # noqa: UP006
+    return typing.List[typing.Union[tuple(args)]]  # noqa: UP006, UP007

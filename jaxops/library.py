@@ -26,6 +26,7 @@ from jaxops.schema import parse_schema
 
 _KINDS = ("DEF", "FRAGMENT", "IMPL")
 _DEFINED_BY_DEF: dict[str, weakref.ref[Library]] = {}
+_LIBRARIES: weakref.WeakSet[Library] = weakref.WeakSet()  # every live library (dispatch_keys)
 
 
 class Library:
@@ -59,6 +60,7 @@ class Library:
         self._kernels: list[tuple[CustomOp, str, Callable[..., Any]]] = []
         self._fakes: list[CustomOp] = []
         self._destroyed = False
+        _LIBRARIES.add(self)
 
     def __repr__(self) -> str:
         return f"Library(ns={self.ns!r}, kind={self.kind!r}, ops={len(self._defined)})"
@@ -228,3 +230,25 @@ def register_vmap(op_or_name: Any, fn: Callable[..., Any] | None = None, /) -> A
 
 
 __all__ = ["Library", "define", "impl", "register_autograd", "register_fake", "register_kernel", "register_vmap"]
+
+
+def dispatch_keys(qualname: str) -> frozenset[str]:
+    """The dispatch keys live libraries registered kernels of ``qualname`` under.
+
+    The keys are as given to :meth:`Library.impl` (``"cpu"``, ``"default"``,
+    ``"CompositeImplicitAutograd"``...); ``"Meta"`` for a fake. A destroyed library's
+    registrations are gone.
+
+    >>> import jaxops
+    >>> lib = jaxops.Library("dispatch_keys_doc", "FRAGMENT")
+    >>> _ = lib.define("twice(Tensor x) -> Tensor")
+    >>> lib.impl("twice", lambda x: 2 * x, "CompositeImplicitAutograd")
+    >>> sorted(dispatch_keys("dispatch_keys_doc::twice"))
+    ['CompositeImplicitAutograd']
+    >>> lib._destroy()
+    """
+    keys: set[str] = set()
+    for lib in list(_LIBRARIES):
+        keys.update(key for op, key, _fn in lib._kernels if op.name == qualname)
+        keys.update("Meta" for op in lib._fakes if op.name == qualname)
+    return frozenset(keys)

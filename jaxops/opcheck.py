@@ -46,8 +46,10 @@ documented ``data-dependent`` error instead.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -101,7 +103,9 @@ class OpCheckError(Exception):
         super().__init__(
             f"opcheck({op}) failed {check}: {problem}\n"
             f"  registration at fault: {registration}\n"
-            f"  how to fix: {fix}"
+            f"  how to fix: {fix}\n"
+            f"  to reproduce: jaxops.generate_repro({check!r}, {op!r}, args, kwargs, save_data=True, "
+            "dry_run=False) writes a standalone script that re-runs this check"
         )
 
 
@@ -727,7 +731,8 @@ def opcheck(
     results: dict[str, Any] = {}
     for name in names:
         try:
-            _CHECKS[name](case, rtol, atol)
+            with _inside_opcheck():
+                _CHECKS[name](case, rtol, atol)
         except _Failure as f:
             err = OpCheckError(the_op.name, name, f.registration, f.problem, f.fix)
             err.__cause__ = f.__cause__
@@ -749,4 +754,29 @@ def opcheck(
     return results
 
 
-__all__ = ["DEFAULT_TEST_UTILS", "OpCheckError", "opcheck"]
+_INSIDE = contextvars.ContextVar("jaxops_inside_opcheck", default=0)
+
+
+def is_inside_opcheck() -> bool:
+    """``True`` only while an ``opcheck`` check runs (PyTorch's ``is_inside_opcheck_mode``).
+
+    Kernels, fakes and backwards can use it, e.g. to skip an expensive validation that
+    opcheck does itself.
+
+    >>> import jaxops
+    >>> jaxops.is_inside_opcheck()
+    False
+    """
+    return _INSIDE.get() > 0
+
+
+@contextlib.contextmanager
+def _inside_opcheck() -> Iterator[None]:
+    token = _INSIDE.set(_INSIDE.get() + 1)
+    try:
+        yield
+    finally:
+        _INSIDE.reset(token)
+
+
+__all__ = ["DEFAULT_TEST_UTILS", "OpCheckError", "is_inside_opcheck", "opcheck"]

@@ -801,3 +801,45 @@ def parse_schema(s: str) -> FunctionSchema:
     if not isinstance(s, str):
         raise TypeError(f"parse_schema expects a str, got {type(s).__name__}")
     return _Parser(s).schema()
+
+
+# --------------------------------------------------------------------------- helpers
+def is_functional_schema(schema: FunctionSchema | str) -> bool:
+    """Whether an op with this schema is functional: it mutates no argument, returns no
+    view of one (``-> Tensor(a)``) and returns at least one value (PyTorch's
+    ``torch._library.utils.is_functional_schema``).
+
+    >>> is_functional_schema("foo(Tensor(a) x) -> Tensor")
+    True
+    >>> is_functional_schema("foo(Tensor(a!) x) -> Tensor"), is_functional_schema("foo(Tensor x) -> ()")
+    (False, False)
+    """
+    if isinstance(schema, str):
+        schema = parse_schema(schema)
+    if not isinstance(schema, FunctionSchema):
+        raise TypeError(
+            f"is_functional_schema expects a FunctionSchema or a schema string, got {type(schema).__name__}"
+        )
+    if schema.is_mutable:
+        return False
+    if any(r.type.alias is not None and not r.type.alias.is_write for r in schema.returns):
+        return False
+    return bool(schema.returns)
+
+
+def is_tensorlist_like_type(typ: SchemaType | str) -> bool:
+    """Whether a schema type is a list of tensors: ``Tensor[]``, ``Tensor?[]``, ``Tensor[]?``,
+    ``Tensor?[]?`` (PyTorch's ``torch._library.utils.is_tensorlist_like_type``).
+
+    >>> is_tensorlist_like_type(parse_schema("f(Tensor?[]? x) -> ()").arguments[0].type)
+    True
+    >>> is_tensorlist_like_type("Tensor"), is_tensorlist_like_type("SymInt[]")
+    (False, False)
+    """
+    if isinstance(typ, str):
+        typ = parse_schema(f"f({typ} x) -> ()").arguments[0].type
+    if not isinstance(typ, SchemaType):
+        raise TypeError(
+            f"is_tensorlist_like_type expects a SchemaType or a type string, got {type(typ).__name__}"
+        )
+    return typ.base == "Tensor" and typ.is_list
