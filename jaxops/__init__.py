@@ -8,7 +8,7 @@
 '(Tensor x, Tensor y, float alpha=1.0) -> Tensor'
 """
 
-from jaxops import types
+from jaxops import ffi, types
 from jaxops.autograd import (
     autograd_fallback_mode,
     get_autograd_fallback_mode,
@@ -58,6 +58,7 @@ __all__ = [
     "compile_counter",
     "custom_op",
     "define",
+    "ffi",
     "get_autograd_fallback_mode",
     "get_ctx",
     "impl",
