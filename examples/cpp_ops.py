@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import jaxops
 import jaxops.ffi
 
-#: The C++ source: three handlers (XLA FFI), f32 arrays of any rank, rows = last axis.
+#: The C++ source: three handlers (XLA FFI); float32/float64 arrays of any rank, rows = last axis.
 CPP_SOURCE = r"""
 #include <algorithm>
 #include <cmath>
@@ -37,65 +37,85 @@ CPP_SOURCE = r"""
 namespace ffi = xla::ffi;
 
 // Rows of length n (the last dimension); a 0-d array is one row of length 1.
-static void Rows(const ffi::Buffer<ffi::F32>& x, int64_t* rows, int64_t* n) {
+static void Rows(const ffi::AnyBuffer& x, int64_t* rows, int64_t* n) {
   auto dims = x.dimensions();
   *n = dims.size() == 0 ? 1 : dims.back();
   *rows = *n == 0 ? 0 : static_cast<int64_t>(x.element_count()) / *n;
 }
 
-static ffi::Error SoftmaxForward(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y) {
-  int64_t rows, n;
-  Rows(x, &rows, &n);
-  const float* in = x.typed_data();
-  float* out = y->typed_data();
+template <typename T>
+static void SoftmaxRows(const T* in, T* out, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = in + r * n;
-    float* yr = out + r * n;
-    float peak = xr[0];
+    const T* xr = in + r * n;
+    T* yr = out + r * n;
+    T peak = xr[0];
     for (int64_t j = 1; j < n; ++j) peak = std::max(peak, xr[j]);
-    float total = 0.f;
+    T total = 0;
     for (int64_t j = 0; j < n; ++j) {
       yr[j] = std::exp(xr[j] - peak);
       total += yr[j];
     }
-    const float inv = 1.f / total;
+    const T inv = T(1) / total;
     for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
   }
-  return ffi::Error::Success();
 }
 
 // dx = y * (g - sum(g * y)) per row.
-static ffi::Error SoftmaxBackward(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> y,
-                                  ffi::ResultBuffer<ffi::F32> dx) {
-  if (g.element_count() != y.element_count()) {
-    return ffi::Error::InvalidArgument("softmax_backward: g and y differ in size");
+template <typename T>
+static void SoftmaxBackwardRows(const T* g, const T* y, T* dx, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T dot = 0;
+    for (int64_t j = 0; j < n; ++j) dot += g[r * n + j] * y[r * n + j];
+    for (int64_t j = 0; j < n; ++j) dx[r * n + j] = y[r * n + j] * (g[r * n + j] - dot);
+  }
+}
+
+// float32 and float64 (opcheck's gradient check runs in float64).
+static ffi::Error SoftmaxForward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  int64_t rows, n;
+  Rows(x, &rows, &n);
+  switch (x.element_type()) {
+    case ffi::F32:
+      SoftmaxRows(x.typed_data<float>(), y->typed_data<float>(), rows, n);
+      return ffi::Error::Success();
+    case ffi::F64:
+      SoftmaxRows(x.typed_data<double>(), y->typed_data<double>(), rows, n);
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("cpp_ops softmax: only float32 and float64 arrays");
+  }
+}
+
+static ffi::Error SoftmaxBackward(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result<ffi::AnyBuffer> dx) {
+  if (g.element_count() != y.element_count() || g.element_type() != y.element_type()) {
+    return ffi::Error::InvalidArgument("cpp_ops softmax_backward: g and y differ in size or dtype");
   }
   int64_t rows, n;
   Rows(y, &rows, &n);
-  const float* gp = g.typed_data();
-  const float* yp = y.typed_data();
-  float* out = dx->typed_data();
-  for (int64_t r = 0; r < rows; ++r) {
-    float dot = 0.f;
-    for (int64_t j = 0; j < n; ++j) dot += gp[r * n + j] * yp[r * n + j];
-    for (int64_t j = 0; j < n; ++j) out[r * n + j] = yp[r * n + j] * (gp[r * n + j] - dot);
+  switch (y.element_type()) {
+    case ffi::F32:
+      SoftmaxBackwardRows(g.typed_data<float>(), y.typed_data<float>(), dx->typed_data<float>(), rows, n);
+      return ffi::Error::Success();
+    case ffi::F64:
+      SoftmaxBackwardRows(g.typed_data<double>(), y.typed_data<double>(), dx->typed_data<double>(), rows, n);
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("cpp_ops softmax_backward: only float32 and float64 arrays");
   }
-  return ffi::Error::Success();
 }
 
-// Forward of the ported PyTorch test: y = x (a copy); its backward is the same handler.
-static ffi::Error Identity(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y) {
-  std::memcpy(y->typed_data(), x.typed_data(), x.size_bytes());
+// Forward of the ported PyTorch test: y = x (a copy, any dtype); its backward is the same handler.
+static ffi::Error Identity(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
   return ffi::Error::Success();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cpp_ops_softmax_fwd, SoftmaxForward,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cpp_ops_softmax_bwd, SoftmaxBackward,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>());
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cpp_ops_identity, Identity,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 """
 
 FUNCTIONS = ("cpp_ops_softmax_fwd", "cpp_ops_softmax_bwd", "cpp_ops_identity")
