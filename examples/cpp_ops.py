@@ -120,6 +120,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(cpp_ops_identity, Identity,
 
 FUNCTIONS = ("cpp_ops_softmax_fwd", "cpp_ops_softmax_bwd", "cpp_ops_identity")
 
+#: Extra compiler flags.  ``-ffast-math`` lets GCC call glibc's vectorized ``expf`` and
+#: ``-march=native`` use this CPU's vector width: about 10x faster on a 1024x1024 input
+#: than plain ``-O3`` (bench/ffi_ops.py).  A ``=native`` flag also puts the CPU model in
+#: the build's cache key, so a cache shared between machines never serves a foreign build.
+CFLAGS = ("-ffast-math", "-march=native")
+
 
 # ------------------------------------------------------------------ the ops
 @jaxops.custom_op("cpp_ops::softmax", mutates_args=())
@@ -191,7 +197,7 @@ def build(*, vmap_method: str = "broadcast_all") -> jaxops.ffi.Module:
     >>> sorted(mod.targets)                # doctest: +SKIP
     ['cpp_ops_identity', 'cpp_ops_softmax_bwd', 'cpp_ops_softmax_fwd']
     """
-    mod = jaxops.ffi.load_inline("cpp_ops", CPP_SOURCE, functions=FUNCTIONS)
+    mod = jaxops.ffi.load_inline("cpp_ops", CPP_SOURCE, functions=FUNCTIONS, extra_cflags=CFLAGS)
     softmax.register_kernel("cpu", mod.kernel("cpp_ops_softmax_fwd", vmap_method=vmap_method))
     softmax_backward.register_kernel("cpu", mod.kernel("cpp_ops_softmax_bwd", vmap_method=vmap_method))
     identity.register_kernel("cpu", mod.kernel("cpp_ops_identity", vmap_method=vmap_method))

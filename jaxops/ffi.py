@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -225,12 +226,28 @@ def _tool_version(exe: str) -> str:
         return exe
 
 
+@functools.cache
+def _host_cpu() -> str:
+    """The build machine's CPU model and feature flags (Linux), for ``-march=native`` builds."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(keep)))
+
+
 def _digest(name: str, units: Sequence[_Unit], flags: Sequence[Any], tools: Sequence[str]) -> str:
     h = hashlib.sha256()
     import jaxlib
 
+    flat = [f for group in flags for f in group]
+    # A build tuned to this CPU must not be reused from a cache shared with another one.
+    native = any("=native" in f for f in flat)
     for part in (
         name,
+        platform.machine(),
+        _host_cpu() if native else "",
         jax.__version__,
         jaxlib.__version__,
         jax.ffi.include_dir(),

@@ -265,11 +265,12 @@ def test_second_load_does_not_rebuild(cpp_ops, monkeypatch):
     monkeypatch.setattr(ffi, "_compile", lambda *a, **k: calls.append(a))
     with monkeypatch.context() as m:  # not even a compiler process (versions are cached)
         m.setattr(ffi.subprocess, "run", lambda *a, **k: pytest.fail("a process ran for a cached build"))
-        again = ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=cpp_ops.FUNCTIONS)
+        again = ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=cpp_ops.FUNCTIONS, extra_cflags=cpp_ops.CFLAGS)
     assert again.built is False and again.build_dir == cpp_ops.module.build_dir and calls == []
     # Another flag (or source, or JAX version) is another build.
     with pytest.raises(RuntimeError, match="loading the built library"):  # _compile was stubbed
-        ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=cpp_ops.FUNCTIONS, extra_cflags=["-DX=1"])
+        ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=cpp_ops.FUNCTIONS,
+                        extra_cflags=[*cpp_ops.CFLAGS, "-DX=1"])
     assert len(calls) == 1 and "-DX=1" in calls[0][1]
 
 
@@ -281,6 +282,20 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert ffi.cache_dir() == tmp_path / "x" / "jaxops" / "ffi"
 
 
+def test_cache_key_covers_sources_flags_jax_version_and_native_cpu(monkeypatch):
+    units = [ffi._Unit("a.cc", "int x;", False)]
+    base = ffi._digest("n", units, [["-O2"]], [])
+    assert ffi._digest("n", [ffi._Unit("a.cc", "int y;", False)], [["-O2"]], []) != base
+    assert ffi._digest("n", units, [["-O3"]], []) != base
+    monkeypatch.setattr(ffi.jax, "__version__", "0.0.0-other")
+    assert ffi._digest("n", units, [["-O2"]], []) != base
+    monkeypatch.undo()
+    native = ffi._digest("n", units, [["-march=native"]], [])
+    monkeypatch.setattr(ffi, "_host_cpu", lambda: "another cpu")
+    assert ffi._digest("n", units, [["-march=native"]], []) != native  # tuned builds stay per CPU
+    assert ffi._digest("n", units, [["-O2"]], []) == base  # portable builds are shared
+
+
 def test_build_failure_raises_runtime_error_with_compiler_message():
     bad = '#include "xla/ffi/api/ffi.h"\nint f() { return this_name_is_not_declared_anywhere; }\n'
     with pytest.raises(RuntimeError, match=r"(?s)load_inline\('t_ffi_bad'\).*building the FFI library failed"
@@ -290,7 +305,7 @@ def test_build_failure_raises_runtime_error_with_compiler_message():
 
 def test_missing_handler_symbol(cpp_ops):
     with pytest.raises(RuntimeError, match=r"no handler symbol 'not_there'.*XLA_FFI_DEFINE_HANDLER_SYMBOL"):
-        ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=["not_there"])
+        ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=["not_there"], extra_cflags=cpp_ops.CFLAGS)
 
 
 def test_argument_errors():
