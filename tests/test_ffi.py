@@ -26,7 +26,19 @@ pytestmark = pytest.mark.skipif(
     ffi.find_cxx() is None, reason="no C++ compiler (c++/g++/clang++ or $CXX) to build FFI kernels"
 )
 
-X = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], dtype=jnp.float32)
+#: The C++ kernels are CPU kernels: every test but the CUDA one runs on the CPU device,
+#: also on a GPU machine (where JAX's default device is the GPU).
+CPU = jax.devices("cpu")[0]
+X = jax.device_put(np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], dtype=np.float32), CPU)
+
+
+@pytest.fixture(autouse=True)
+def _on_cpu(request):
+    if request.node.get_closest_marker("gpu"):
+        yield
+        return
+    with jax.default_device(CPU):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -134,8 +146,8 @@ def test_export_needs_the_targets_allowed_and_then_round_trips(cpp_ops):
 
     f = jax.jit(lambda x: cpp_ops.softmax(x) * 2)
     with pytest.raises(ValueError, match="cpp_ops_softmax_fwd"):
-        export.export(f)(X)
-    exp = export.export(f, disabled_checks=cpp_ops.module.disabled_checks)(X)
+        export.export(f, platforms=["cpu"])(X)
+    exp = export.export(f, platforms=["cpu"], disabled_checks=cpp_ops.module.disabled_checks)(X)
     assert "cpp_ops_softmax_fwd" in exp.mlir_module()
     np.testing.assert_allclose(exp.call(X), jax.nn.softmax(X, -1) * 2, rtol=1e-6)
     try:
