@@ -134,6 +134,35 @@ def test_vmap_of_grad_and_grad_of_vmap(cpp_ops):
     np.testing.assert_allclose(got2, ref2, rtol=1e-5, atol=1e-7)
 
 
+def test_under_checkpoint_and_scan(cpp_ops):
+    def step(carry, _):
+        return jax.checkpoint(cpp_ops.softmax)(carry * 2.0), None
+
+    def loss(x):
+        out, _ = jax.lax.scan(step, x, None, length=3)
+        return (out * jnp.arange(3.0)).sum()
+
+    def ref_step(carry, _):
+        return jax.nn.softmax(carry * 2.0, -1), None
+
+    def ref_loss(x):
+        out, _ = jax.lax.scan(ref_step, x, None, length=3)
+        return (out * jnp.arange(3.0)).sum()
+
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(X), jax.grad(ref_loss)(X), rtol=1e-5, atol=1e-7)
+
+
+def test_handler_error_reaches_python(cpp_ops):
+    # The handler returns ffi::Error::InvalidArgument for dtypes it does not handle.
+    op = jaxops.custom_op("t_ffi::softmax_any", lambda x: x, mutates_args=(), schema="(Tensor x) -> Tensor")
+    op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    op.register_kernel(None, ffi.kernel("cpp_ops_softmax_fwd"))  # the only kernel, every device
+    xi = jnp.ones((2, 3), jnp.int32)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="only float32 and float64"):
+        jax.block_until_ready(op(xi))
+    np.testing.assert_allclose(op(X), jax.nn.softmax(X, -1), rtol=1e-6)  # still usable
+
+
 def test_eval_shape(cpp_ops):
     out = jax.eval_shape(cpp_ops.softmax, jax.ShapeDtypeStruct((7, 5), jnp.float32))
     assert out.shape == (7, 5) and out.dtype == jnp.float32
