@@ -157,8 +157,9 @@ class Module:
     ``targets`` maps each name in ``functions`` to the FFI target it is registered
     as (the same name, unless a changed rebuild in this process had to register
     it under a fresh one: :func:`kernel` follows it); ``platforms`` maps it to the
-    platforms it has a handler for; ``built`` says whether this call compiled
-    (``False``: taken from the cache).
+    platforms it has a handler registered for here (a CUDA handler is built but
+    not registered where JAX has no CUDA backend); ``built`` says whether this call
+    compiled (``False``: taken from the cache).
 
     >>> # mod = jaxops.ffi.load_inline("mylib", src, functions=["my_softmax"])
     >>> # mod.targets -> {"my_softmax": "my_softmax"}; mod.kernel("my_softmax")
@@ -540,6 +541,10 @@ _DEFAULT_ATTR_TYPES: dict[str, Any] = {
 }
 
 
+#: Schema types an FFI kernel's op may have: arrays (operands), devices (not passed), attributes.
+_BINDABLE = frozenset({"Tensor", "Device", "Scalar", "ScalarType", *_DEFAULT_ATTR_TYPES})
+
+
 def _scalar_attr_type(value: Any) -> Any:
     if isinstance(value, (bool, np.bool_)):
         return np.bool_
@@ -602,7 +607,7 @@ class FFIKernel:
                     f"not a parameter of the op ({', '.join(sorted(names))})"
                 )
         for a in fs.arguments:
-            if a.type.base not in ("Tensor", "Device") and a.type.base not in _DEFAULT_ATTR_TYPES and a.type.base != "Scalar" and a.type.base != "ScalarType":
+            if a.type.base not in _BINDABLE:
                 raise TypeError(
                     f"{op.name}: parameter {a.name!r} of type {a.type} cannot become an FFI "
                     f"attribute of kernel {self.target!r}"
