@@ -9,7 +9,7 @@
 """
 
 import jaxops.legacy as legacy
-from jaxops import types
+from jaxops import ffi, types
 from jaxops.autograd import (
     autograd_fallback_mode,
     get_autograd_fallback_mode,
@@ -60,6 +60,7 @@ __all__ = [
     "compile_counter",
     "custom_op",
     "define",
+    "ffi",
     "get_autograd_fallback_mode",
     "get_ctx",
     "impl",

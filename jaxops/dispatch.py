@@ -43,6 +43,19 @@ class Kernel:
         return "host" if self.host else "traceable"
 
 
+def bind_to_op(op: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The callable to store as ``op``'s kernel for ``fn``: ``fn.__jaxops_bind__(op)`` if it has one.
+
+    The one hook for kernel objects that need their op, e.g. ``jaxops.ffi.kernel``
+    (it reads the op's schema and fake); plain functions are stored as they are.
+
+    >>> bind_to_op(None, len) is len
+    True
+    """
+    bind = getattr(type(fn), "__jaxops_bind__", None)
+    return fn if bind is None else bind(fn, op)
+
+
 def source_location(fn: Callable[..., Any]) -> str:
     """``file.py:LINE`` where ``fn`` was defined (best effort)."""
     try:

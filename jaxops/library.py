@@ -121,6 +121,7 @@ class Library:
                 "'tpu', 'default', 'Meta' or 'CompositeImplicitAutograd'"
             )
         keys = _dispatch.normalize_device_types(op.name, device_types)
+        fn = _dispatch.bind_to_op(op, fn)
         kernel = _dispatch.Kernel(fn, bool(host), _dispatch.caller_location())
         # Unlike register_kernel(None), "default" sits below platform kernels instead
         # of replacing them.

@@ -228,7 +228,7 @@ class CustomOp:
         if keys == ("default",):
             # A kernel for every device replaces all earlier ones.
             self.kernels.clear()
-        self.kernels.set(keys, _dispatch.Kernel(fn, bool(host), where))
+        self.kernels.set(keys, _dispatch.Kernel(_dispatch.bind_to_op(self, fn), bool(host), where))
         self._rebuild()
 
     @overload
