@@ -13,7 +13,8 @@ transformer-style MLP block per step:
 * ``Gelu``: a ``custom_vjp.Function`` with a hand-written backward;
 * the row-parallel second matmul, the residual and the loss in plain ``jnp``.
 
-The plain-JAX step computes the same thing with ``jax.custom_vjp`` and ``jax.pure_callback``.
+The plain-JAX step computes the same thing with ``jax.custom_vjp`` (the same backward formulas)
+and ``jax.pure_callback``, and XLA's sharding propagation instead of the rule.
 One run prints, for both: the median step time (and the ratio), the collectives in the
 compiled HLO (all-gather / all-reduce / reduce-scatter / all-to-all / collective-permute),
 the losses of ``--steps`` steps (which must agree), and how often the step compiled.  The
@@ -28,7 +29,7 @@ Forced CPU devices: with JAX 0.10.2, a ``jax.pure_callback`` (the host op here, 
 plain step's callback alike) in a program that also runs collectives deadlocked in XLA's
 CPU rendezvous ("Termination timeout for all reduce ... only 1 of them arrived") once each
 device's callback operand was about 128 KiB (``--batch 16 --seq 32 --dim 128``); at 64 KiB
-and below (``--batch 8 --seq 64 --dim 64``, ``--small``) it ran every time.  The plain-JAX
+and below (``--batch 8 --seq 64 --dim 64``, ``--small``) it ran in every one of our runs.  The plain-JAX
 step alone hangs the same way, so it is not jaxops's; keep the per-device rows small on CPU.
 """
 
@@ -190,10 +191,23 @@ def build(ns: argparse.Namespace) -> dict[str, Any]:
     # -- the same pieces in plain JAX ------------------------------------------------------------
     @jax.custom_vjp
     def plain_rms(x: jax.Array) -> jax.Array:
-        return jax.pure_callback(rms_kernel, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
+        # pure_callback hands the callback jax.Arrays: convert, or every NumPy call dispatches to JAX.
+        return jax.pure_callback(lambda a: rms_kernel(np.asarray(a)), jax.ShapeDtypeStruct(x.shape, x.dtype), x,
                                  vmap_method="expand_dims")
 
     plain_rms.defvjp(lambda x: (plain_rms(x), x), lambda x, g: (rms_backward_jax(x, g),))
+
+    @jax.custom_vjp
+    def plain_col(x: jax.Array, w: jax.Array) -> jax.Array:
+        return jnp.einsum("bsd,df->bsf", x, w)
+
+    def plain_col_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x, w = res
+        return jnp.einsum("bsf,df->bsd", g, w), jnp.einsum("bsd,bsf->df", x, g)
+
+    # The same backward formula as the op's register_autograd (JAX's own transpose of the einsum
+    # picks another dot layout, which would make the comparison about formulas, not jaxops).
+    plain_col.defvjp(lambda x, w: (plain_col(x, w), (x, w)), plain_col_bwd)
 
     @jax.custom_vjp
     def plain_gelu(x: jax.Array) -> jax.Array:
@@ -246,9 +260,7 @@ def build(ns: argparse.Namespace) -> dict[str, Any]:
         return make_step(rmsnorm, col_matmul, Gelu.apply, row_matmul)(params, x, y)
 
     def plain_step(params: Any, x: Any, y: Any) -> Any:
-        return make_step(plain_rms, lambda a, w: jnp.einsum("bsd,df->bsf", a, w), plain_gelu, plain_matmul)(
-            params, x, y
-        )
+        return make_step(plain_rms, plain_col, plain_gelu, plain_matmul)(params, x, y)
 
     p_shard = {"w1": NamedSharding(mesh, P(None, "model")), "w2": NamedSharding(mesh, P("model", None))}
     x_shard = NamedSharding(mesh, rows)
@@ -304,10 +316,12 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             # custom_partitioning calls left in the program: the sharding rule at work
             "partitioned_calls": lowered.as_text().count("CustomSPMDPartitioning"),
         }
-    # Time the two steps interleaved, so load from other work hits both alike.
+    # Time the steps interleaved, in alternating order, so load from other work hits all alike.
     times: dict[str, list[float]] = {name: [] for name in b["steps"]}
-    for _ in range(ns.timing_steps):
-        for name, step in b["steps"].items():
+    names = list(b["steps"])
+    for i in range(ns.timing_steps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            step = b["steps"][name]
             t0 = time.perf_counter()
             state[name], loss = step(state[name], x, y)
             jax.block_until_ready(loss)
