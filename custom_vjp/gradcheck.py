@@ -233,6 +233,12 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
     return tuple(inputs)
 
 
+def _check_eps(eps: Any, where: str) -> None:
+    """``eps`` must be a positive finite step: ``eps=0`` would divide by zero (a NaN Jacobian)."""
+    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating) or not 0 < eps < float("inf"):
+        raise ValueError(f"{where}: eps must be a positive finite step size, got {eps!r}")
+
+
 def gradcheck(
     fn: Callable[..., Any],
     inputs: Any,
@@ -259,6 +265,7 @@ def gradcheck(
     >>> gradcheck(bad_sin, (jnp.ones(2),), raise_exception=False)
     False
     """
+    _check_eps(eps, "gradcheck")
     inputs = _as_tuple(inputs)
     with jax.enable_x64(True):
         failure = _run_checks(
@@ -296,6 +303,7 @@ def gradgradcheck(
     >>> gradgradcheck(lambda x: jnp.sin(x) ** 2, (jnp.arange(3.0),))
     True
     """
+    _check_eps(eps, "gradgradcheck")
     inputs = _as_tuple(inputs)
     with jax.enable_x64(True):
         problem = _Problem(fn, inputs)

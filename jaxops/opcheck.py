@@ -33,7 +33,14 @@ The checks (names as in ``test_utils``):
   with all arguments batched, each one alone batched, and the batch axis last.
 * ``test_gradcheck``: in float64, reverse-mode gradients equal central finite
   differences, and so do forward-mode ones where forward mode is supported, with
-  ``<J v, u> == <v, J^T u>``.
+  ``<J v, u> == <v, J^T u>``.  Up to ``DENSE_GRADCHECK_MAX_ELEMENTS`` input (and output)
+  elements the whole Jacobians are compared; above, random directions are
+  (``u . (J v)`` by finite differences vs ``(J^T u) . v``, and ``jvp(v)`` vs finite
+  differences), so the cost does not grow with the size of the Jacobian.
+
+``differentiable=False`` says the sample is not meant to be differentiated:
+``test_autograd_registration`` and ``test_gradcheck`` report ``"SKIPPED"``.  Running out
+of memory raises ``MemoryError`` naming the op and the check, not an ``OpCheckError``.
 
 Ops without a floating-point array input and a floating-point output are not
 differentiable: the gradient parts of the checks have nothing to do and report
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -160,6 +168,8 @@ class _Case:
         self.leaves, self.treedef = jax.tree_util.tree_flatten(masked)
         self.float_idx = [i for i, x in enumerate(self.leaves) if _is_float_leaf(x)]
         self._eager_out: tuple[Any] | None = None
+        #: False when opcheck(..., differentiable=False): the sample is not meant to be differentiated.
+        self.want_grad: bool = True
         # Names of the array leaves, for messages: "x", "xs[1]".
         self.leaf_names: list[str] = []
         for p, v in zip(self.params, self.values):
@@ -186,6 +196,8 @@ class _Case:
         try:
             return self.call(self.leaves)
         except Exception as e:  # noqa: BLE001 - reported as the kernel's failure
+            if _is_out_of_memory(e):
+                raise
             raise _Failure(
                 self.kernel_label(),
                 f"calling the op eagerly with these arguments raised {_describe_exc(e)}",
@@ -391,8 +403,9 @@ def _check_autograd_registration(case: _Case, rtol: float | None, atol: float | 
                 "JAX cannot differentiate a host kernel, so jax.grad through it gives a zero "
                 "gradient (with a warning) or an error",
                 f"register a backward: {op.name.split('::')[-1]}.register_autograd(backward, "
-                "setup_context=setup_context), or, if the op is really not differentiable, "
-                "pass non-floating inputs / skip this check with test_utils",
+                "setup_context=setup_context), or, if the op is not meant to be differentiated, "
+                "opt out with opcheck(..., differentiable=False) (this check and test_gradcheck "
+                "then report SKIPPED)",
             )
         return
     fn = case.float_fn()
@@ -403,6 +416,8 @@ def _check_autograd_registration(case: _Case, rtol: float | None, atol: float | 
         cts = [jnp.ones_like(o) for o in outs]
         grads = vjp_fn(cts)
     except Exception as e:  # noqa: BLE001
+        if _is_out_of_memory(e):
+            raise
         raise _Failure(
             label,
             f"differentiating the op (jax.vjp) raised {_describe_exc(e)}",
@@ -522,7 +537,7 @@ def _check_aot_dispatch_dynamic(case: _Case, rtol: float | None, atol: float | N
             "hidden state or randomness, and a host op's fake must give the kernel's dtype (the "
             "callback casts to it); pass atol=/rtol= if the difference is acceptable rounding",
         ) from err
-    if not case.differentiable() or (case.is_host and op._autograd is None):
+    if not case.want_grad or not case.differentiable() or (case.is_host and op._autograd is None):
         return
     fn = case.float_fn()
 
@@ -648,22 +663,164 @@ def _check_vmap(case: _Case, rtol: float | None, atol: float | None) -> None:
             ) from err
 
 
+#: Up to this many elements in the floating inputs (and in the outputs), ``test_gradcheck``
+#: builds the dense Jacobians (``custom_vjp.gradcheck``); above it, it checks random
+#: directions, whose cost does not depend on the size of the Jacobian.
+DENSE_GRADCHECK_MAX_ELEMENTS = 256
+
+#: Random directions per floating input for the directional gradient check.
+_DIRECTIONS = 2
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says the machine (host or device) ran out of memory.
+
+    >>> _is_out_of_memory(MemoryError()), _is_out_of_memory(ValueError("shape"))
+    (True, False)
+    """
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def _global_x64() -> bool:
+    """JAX's process-wide 64-bit setting, whatever a ``jax.enable_x64`` block in this thread says."""
+    seen: list[bool] = []
+    reader = threading.Thread(target=lambda: seen.append(bool(jax.config.jax_enable_x64)))
+    reader.start()
+    reader.join()
+    return seen[0]
+
+
+@contextlib.contextmanager
+def _x64_everywhere() -> Iterator[None]:
+    """64-bit mode for every thread while the block runs, then the previous setting.
+
+    ``jax.enable_x64`` is thread-local, but a host kernel's callback runs on one of XLA's
+    threads, where JAX would turn the kernel's float64 result into float32 and the callback
+    would fail ("Incorrect output dtype"); so gradient checks switch the process-wide flag.
+    """
+    before = _global_x64()
+    jax.config.update("jax_enable_x64", True)
+    try:
+        with jax.enable_x64(True):
+            yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+def _is_real_float(x: Any) -> bool:
+    return hasattr(x, "dtype") and bool(jnp.issubdtype(x.dtype, jnp.floating))
+
+
+def _directional_gradcheck(
+    fn: Callable[..., list[Any]],
+    primals: Sequence[Any],
+    *,
+    eps: float,
+    atol: float,
+    rtol: float,
+    seed: int = 0,
+) -> str | None:
+    """Check ``fn``'s derivatives along random directions (float64); ``None`` if they agree.
+
+    For each real floating input ``i`` and each of ``_DIRECTIONS`` random directions ``v``
+    (standard normal, zero on the other inputs), the directional derivative ``J v`` is
+    estimated by central differences (two calls of ``fn``).  Reverse mode is checked
+    through ``u . (J v) == (J^T u) . v`` for a random unit cotangent ``u`` per floating
+    output (one ``vjp`` each); forward mode, where ``fn`` supports it, by comparing
+    ``jvp(v)`` with the estimate element by element.  The cost is a fixed number of
+    calls, whatever the size of the Jacobian.
+
+    >>> import jax.numpy as jnp
+    >>> with jax.enable_x64(True):
+    ...     x = jnp.linspace(0.0, 1.0, 1000)
+    ...     ok = _directional_gradcheck(lambda a: [jnp.sin(a)], [x], eps=1e-6, atol=1e-5, rtol=1e-3)
+    >>> ok is None
+    True
+    """
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        x64 = [jnp.asarray(p, jnp.float64) if _is_real_float(p) else jnp.asarray(p) for p in primals]
+        f = jax.jit(lambda *a: [jnp.asarray(o, jnp.float64) for o in fn(*a) if _is_real_float(o)])
+        outs, vjp_fn = jax.vjp(f, *x64)
+        if not outs:
+            return None
+        forward_ok = True
+        for i, p in enumerate(x64):
+            if not _is_real_float(p):
+                continue
+            for _ in range(_DIRECTIONS):
+                v = [jnp.asarray(rng.standard_normal(np.shape(q)), q.dtype) if k == i else jnp.zeros_like(q)
+                     for k, q in enumerate(x64)]
+                plus = f(*[q + eps * d if k == i else q for k, (q, d) in enumerate(zip(x64, v))])
+                minus = f(*[q - eps * d if k == i else q for k, (q, d) in enumerate(zip(x64, v))])
+                numerical = [(np.asarray(a) - np.asarray(b)) / (2 * eps) for a, b in zip(plus, minus)]
+                for o, out in enumerate(outs):
+                    u_np = rng.standard_normal(np.shape(out))
+                    u_np /= max(float(np.linalg.norm(u_np)), 1e-300)
+                    cts = [jnp.asarray(u_np) if k == o else jnp.zeros_like(c) for k, c in enumerate(outs)]
+                    grads = vjp_fn(cts)
+                    expected = float(np.vdot(u_np, numerical[o]))
+                    got = float(np.vdot(np.asarray(grads[i]), np.asarray(v[i])))
+                    if not np.isclose(got, expected, atol=atol, rtol=rtol):
+                        return (
+                            f"directional derivative mismatch for output {o} with respect to input {i} "
+                            f"(reverse mode, random direction v and unit cotangent u): u . (J v) is "
+                            f"{expected!r} by finite differences but (J^T u) . v from the backward is "
+                            f"{got!r} (atol={atol}, rtol={rtol})"
+                        )
+                if not forward_ok:
+                    continue
+                try:
+                    _, tangents = jax.jvp(f, x64, v)
+                except (NotImplementedError, TypeError) as err:
+                    text = str(err)
+                    if "Trying to use forward AD" in text or "can't apply forward-mode autodiff" in text:
+                        forward_ok = False
+                        continue
+                    raise
+                for o, (t, n) in enumerate(zip(tangents, numerical)):
+                    t_np = np.asarray(t)
+                    if not np.allclose(t_np, n, atol=atol, rtol=rtol):
+                        worst = float(np.max(np.abs(t_np - n)))
+                        return (
+                            f"directional derivative mismatch for output {o} with respect to input {i} "
+                            f"(forward mode, random direction v): J v from jax.jvp differs from finite "
+                            f"differences by up to {worst:.3e} (atol={atol}, rtol={rtol})"
+                        )
+    return None
+
+
+def _run_gradcheck(
+    dense: bool, fn: Callable[..., list[Any]], primals: Sequence[Any], *, atol: float, rtol: float
+) -> str | None:
+    """The dense ``custom_vjp.gradcheck`` (raises ``GradcheckError``) or the directional check."""
+    from custom_vjp import gradcheck
+
+    if not dense:
+        return _directional_gradcheck(fn, primals, eps=1e-6, atol=atol, rtol=rtol)
+    gradcheck(jax.jit(fn), tuple(primals), atol=atol, rtol=rtol)  # one trace, reused by jvp/vjp
+    return None
+
+
 def _check_gradcheck(case: _Case, rtol: float | None, atol: float | None) -> None:
     if not case.differentiable() or (case.is_host and case.op._autograd is None):
         return
     if case.has_dynamic_sizes():
         return
-    from custom_vjp import GradcheckError, gradcheck
+    from custom_vjp import GradcheckError
 
     fn = case.float_fn()
     legend = ", ".join(f"input {k} = {case.leaf_names[i]}" for k, i in enumerate(case.float_idx))
+    atol_, rtol_ = 1e-5 if atol is None else atol, 1e-3 if rtol is None else rtol
+    n_in = sum(int(np.size(x)) for x in case.float_leaves)
+    n_out = sum(int(np.size(o)) for o in jax.tree_util.tree_leaves(case._eager_out[0]) if _is_float_leaf(o))
+    dense = max(n_in, n_out) <= DENSE_GRADCHECK_MAX_ELEMENTS
     try:
-        gradcheck(
-            jax.jit(fn),  # one trace; jvp/vjp of a jitted function reuse it
-            tuple(case.float_leaves),
-            atol=1e-5 if atol is None else atol,
-            rtol=1e-3 if rtol is None else rtol,
-        )
+        with _x64_everywhere():
+            failure = _run_gradcheck(dense, fn, case.float_leaves, atol=atol_, rtol=rtol_)
     except GradcheckError as e:
         raise _Failure(
             case.autograd_label(),
@@ -672,12 +829,22 @@ def _check_gradcheck(case: _Case, rtol: float | None, atol: float | None) -> Non
             "that is only correct in one mode means backward is not the transpose of the forward",
         ) from e
     except Exception as e:  # noqa: BLE001
+        if _is_out_of_memory(e):
+            raise
         raise _Failure(
             case.autograd_label(),
             f"gradcheck (float64) raised {_describe_exc(e)}",
             "the op and its backward must run on float64 inputs (the fake should use x.dtype, not "
             "a fixed float32)",
         ) from e
+    if failure is not None:
+        raise _Failure(
+            case.autograd_label(),
+            f"gradients disagree with finite differences (float64, {n_in} input elements: checked "
+            f"along random directions; {legend}): {failure}",
+            "fix the backward formula (compare it with the derivative of the kernel); a formula "
+            "that is only correct in one mode means backward is not the transpose of the forward",
+        )
 
 
 _CHECKS: dict[str, Callable[[_Case, float | None, float | None], None]] = {
@@ -690,14 +857,73 @@ _CHECKS: dict[str, Callable[[_Case, float | None, float | None], None]] = {
 }
 
 
+_GRADIENT_CHECKS = ("test_autograd_registration", "test_gradcheck")
+
+
 def _normalize_test_utils(test_utils: str | Iterable[str]) -> list[str]:
-    names = [test_utils] if isinstance(test_utils, str) else list(test_utils)
-    unknown = [n for n in names if n not in _CHECKS]
-    if unknown:
+    """The check names in ``test_utils``; ``ValueError`` /test_utils/ for anything else.
+
+    >>> _normalize_test_utils("test_vmap")
+    ['test_vmap']
+    >>> _normalize_test_utils(3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: opcheck: test_utils must be a check name or a sequence of check names (some of ...), got int 3
+    """
+    expected = list(DEFAULT_TEST_UTILS)
+    if isinstance(test_utils, str):
+        names: list[Any] = [test_utils]
+    elif isinstance(test_utils, Iterable) and not isinstance(test_utils, (bytes, dict)):
+        names = list(test_utils)
+    else:
         raise ValueError(
-            f"opcheck: unknown test_utils {unknown}; expected some of {list(DEFAULT_TEST_UTILS)}"
+            "opcheck: test_utils must be a check name or a sequence of check names "
+            f"(some of {expected}), got {type(test_utils).__name__} {test_utils!r}"
         )
+    unknown = [n for n in names if not isinstance(n, str) or n not in _CHECKS]
+    if unknown:
+        raise ValueError(f"opcheck: unknown test_utils {unknown}; expected some of {expected}")
     return names
+
+
+def _check_arguments(
+    op_name: str,
+    args: Any,
+    kwargs: Any,
+    *,
+    raise_exception: Any,
+    atol: Any,
+    rtol: Any,
+    differentiable: Any,
+) -> None:
+    """Reject malformed ``opcheck`` arguments before any check runs, naming the parameter.
+
+    >>> _check_arguments("a::b", (1,), None, raise_exception=True, atol="a", rtol=None, differentiable=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: opcheck(a::b): atol must be a non-negative number or None, got str 'a'
+    """
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(
+            f"opcheck({op_name}): args must be a tuple of the op's positional arguments, got "
+            f"{type(args).__name__}; for a single argument write opcheck(op, (x,))"
+        )
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(
+            f"opcheck({op_name}): kwargs must be a dict of keyword arguments or None, got {type(kwargs).__name__}"
+        )
+    for pname, value in (("atol", atol), ("rtol", rtol)):
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        if not ok or not np.isfinite(value) or value < 0:
+            raise ValueError(
+                f"opcheck({op_name}): {pname} must be a non-negative number or None, got "
+                f"{type(value).__name__} {value!r}"
+            )
+    for pname, value in (("raise_exception", raise_exception), ("differentiable", differentiable)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"opcheck({op_name}): {pname} must be True or False, got {type(value).__name__} {value!r}")
 
 
 def opcheck(
@@ -709,13 +935,19 @@ def opcheck(
     raise_exception: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
+    differentiable: bool = True,
 ) -> dict[str, Any]:
     """Check ``op``'s registrations against each other on ``args``/``kwargs``.
 
     Returns ``{check: "SUCCESS"}`` for each check in ``test_utils`` (all six by default).
     A failing check raises :class:`OpCheckError`; with ``raise_exception=False`` its
     entry holds the exception instead and the other checks still run.  ``atol``/``rtol``
-    override the tolerances of the numeric comparisons.
+    override the tolerances of the numeric comparisons.  ``args`` is a tuple of the op's
+    positional arguments.  With ``differentiable=False`` (a sample not meant to be
+    differentiated) ``test_autograd_registration`` and ``test_gradcheck`` report
+    ``"SKIPPED"`` and ``test_aot_dispatch_dynamic`` compares values only.  A check that
+    runs out of memory raises :class:`MemoryError` naming the op and the check, never an
+    ``OpCheckError`` blaming a registration.
 
     >>> import jax, jax.numpy as jnp, jaxops
     >>> @jaxops.custom_op("opcheckdoc::cube", mutates_args=())
@@ -724,12 +956,22 @@ def opcheck(
     >>> from jaxops.opcheck import opcheck
     >>> sorted(opcheck(cube, (jnp.arange(3.0),)).values())
     ['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']
+    >>> opcheck(cube, (jnp.arange(3.0),), test_utils="test_gradcheck", differentiable=False)
+    {'test_gradcheck': 'SKIPPED'}
     """
     names = _normalize_test_utils(test_utils)
     the_op = _registry.as_op(op)
+    _check_arguments(
+        the_op.name, args, kwargs, raise_exception=raise_exception, atol=atol, rtol=rtol,
+        differentiable=differentiable,
+    )
     case = _Case(the_op, args, kwargs or {})
+    case.want_grad = bool(differentiable)
     results: dict[str, Any] = {}
     for name in names:
+        if not differentiable and name in _GRADIENT_CHECKS:
+            results[name] = "SKIPPED"
+            continue
         try:
             with _inside_opcheck():
                 _CHECKS[name](case, rtol, atol)
@@ -741,6 +983,16 @@ def opcheck(
             results[name] = err
             continue
         except Exception as e:  # noqa: BLE001 - a bug in the check must still name the op
+            if _is_out_of_memory(e):
+                oom = MemoryError(
+                    f"opcheck({the_op.name}) ran out of memory in {name} ({_describe_exc(e)}); this "
+                    "says nothing about the op's registrations: use smaller sample inputs, or leave "
+                    f"{name} out of test_utils"
+                )
+                if raise_exception:
+                    raise oom from e
+                results[name] = oom
+                continue
             err = OpCheckError(
                 the_op.name, name, "unknown (opcheck could not run this check)",
                 f"the check raised {_describe_exc(e)}\n{traceback.format_exc(limit=3)}",

@@ -507,3 +507,205 @@ def test_opcheck_imports_nothing_test_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+# ------------------------------------------- gradcheck on large inputs: random directions
+# 3 x 24 x 24 = 1728 elements: far above the dense limit, small enough for a quick test.
+IMG = np.random.default_rng(1).standard_normal((3, 24, 24))
+
+
+def _crop_ops(ns: str, shift: int):
+    """A host crop (as in the custom-ops tutorial) whose backward puts the gradient ``shift`` columns off."""
+
+    @jaxops.custom_op(f"{ns}::crop", mutates_args=(), host=True)
+    def crop(pic: jax.Array, box: list[int]) -> jax.Array:
+        t, left, h, w = box
+        return np.ascontiguousarray(pic[:, t : t + h, left : left + w])
+
+    crop.register_fake(lambda pic, box: jax.ShapeDtypeStruct((pic.shape[0], box[2], box[3]), pic.dtype))
+
+    def setup_context(ctx, inputs, output):
+        ctx.shape, ctx.box = inputs[0].shape, inputs[1]
+
+    def backward(ctx, g):
+        t, left, h, w = ctx.box
+        left += shift
+        return jnp.zeros(ctx.shape, g.dtype).at[:, t : t + h, left : left + w].set(g), None
+
+    crop.register_autograd(backward, setup_context=setup_context)
+    return crop
+
+
+@pytest.fixture
+def x64():
+    """64-bit mode process-wide (a host kernel's callback runs on another thread, which a
+    thread-local ``jax.enable_x64`` block does not reach)."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture
+def dense_calls(monkeypatch):
+    """Record calls of the dense custom_vjp.gradcheck that opcheck's test_gradcheck may make."""
+    import custom_vjp
+
+    calls = []
+    real = custom_vjp.gradcheck
+
+    def spy(fn, inputs, **kw):
+        calls.append([np.size(x) for x in inputs])
+        return real(fn, inputs, **kw)
+
+    monkeypatch.setattr(custom_vjp, "gradcheck", spy)
+    return calls
+
+
+def test_gradcheck_on_large_input_checks_random_directions_and_catches_a_wrong_backward(dense_calls, x64):
+    pic = jnp.asarray(IMG)
+    assert pic.dtype == jnp.float64
+    good = _crop_ops("oc_big_ok", shift=0)
+    box = [2, 3, 10, 12]
+    assert opcheck(good, (pic, box)) == dict.fromkeys(DEFAULT_TEST_UTILS, "SUCCESS")
+    bad = _crop_ops("oc_big_bad", shift=1)  # the gradient lands one column off
+    err = check_fails(bad, (pic, box), "test_gradcheck", "gradients disagree with finite differences",
+                      "1728 input elements: checked along random directions", "input 0 = pic",
+                      "directional derivative mismatch for output 0 with respect to input 0")
+    assert err.registration.startswith("register_autograd at ") and "test_opcheck.py" in err.registration
+    assert dense_calls == []  # no dense Jacobian was built
+
+
+def test_gradcheck_directional_reverse_only_when_the_backward_is_host_code(dense_calls):
+    """A backward through pure_callback has no forward mode: u.(Jv) vs (J^T u).v still catches it."""
+
+    def make(ns, factor):
+        @jaxops.custom_op(f"{ns}::sq", mutates_args=())
+        def sq(x: jax.Array) -> jax.Array:
+            return x * x
+
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+            return jax.pure_callback(lambda a, b: np.asarray(factor * a * b, a.dtype), shape, g, x)
+
+        sq.register_autograd(backward, setup_context=lambda ctx, inputs, out: ctx.save_for_backward(inputs[0]))
+        return sq
+
+    x = jnp.asarray(IMG, jnp.float32)  # a float32 sample: gradcheck runs it in float64
+    assert opcheck(make("oc_big_rev_ok", 2.0), (x,), test_utils="test_gradcheck") == {"test_gradcheck": "SUCCESS"}
+    check_fails(make("oc_big_rev_bad", 2.1), (x,), "test_gradcheck", "(reverse mode, random direction v")
+    assert dense_calls == []
+
+
+def test_gradcheck_forward_mode_mismatch_is_caught_elementwise():
+    """A Function-style jvp that disagrees with finite differences is reported in forward mode."""
+
+    @jaxops.custom_op("oc_big_fwd::cube", mutates_args=())
+    def cube(x: jax.Array) -> jax.Array:
+        return x**3
+
+    # Correct in reverse mode except one element: with unit cotangents the scalar test may miss
+    # it, the element-wise forward comparison (forward mode is derived from this backward) does not.
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return (g * 3 * x * x).at[0, 0, 0].multiply(2.0)
+
+    cube.register_autograd(backward, setup_context=lambda ctx, inputs, out: ctx.save_for_backward(inputs[0]))
+    check_fails(cube, (jnp.asarray(IMG, jnp.float32),), "test_gradcheck", "directional derivative mismatch",
+                "(forward mode, random direction v)")
+
+
+def test_gradcheck_small_inputs_still_build_the_dense_jacobian(dense_calls):
+    @jaxops.custom_op("oc_small::sinx", mutates_args=())
+    def sinx(x: jax.Array) -> jax.Array:
+        return jnp.sin(x) * x
+
+    assert opcheck(sinx, (X,), test_utils="test_gradcheck") == {"test_gradcheck": "SUCCESS"}
+    assert dense_calls == [[3]]
+
+
+def test_out_of_memory_is_not_reported_as_a_wrong_registration():
+    @jaxops.custom_op("oc_oom::f", mutates_args=())
+    def f(x: jax.Array) -> jax.Array:
+        return 2 * x
+
+    def backward(ctx, g):
+        raise MemoryError("Unable to allocate 20.9 GiB for an array")
+
+    f.register_autograd(backward)
+    for check in ("test_gradcheck", "test_autograd_registration"):
+        with pytest.raises(MemoryError, match=rf"opcheck\(oc_oom::f\) ran out of memory in {check}") as info:
+            opcheck(f, (X,), test_utils=check)
+        assert "20.9 GiB" in str(info.value) and "registration" in str(info.value)
+        assert not isinstance(info.value, OpCheckError)
+    result = opcheck(f, (X,), test_utils=["test_gradcheck", "test_faketensor"], raise_exception=False)
+    assert isinstance(result["test_gradcheck"], MemoryError) and result["test_faketensor"] == "SUCCESS"
+
+
+# --------------------------------------------------------------------- differentiable=False
+def test_differentiable_false_skips_the_gradient_checks():
+    @jaxops.custom_op("oc_nd::hsin", mutates_args=(), host=True)
+    def hsin(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    hsin.register_fake(same_shape)
+    err = check_fails(hsin, (X,), "test_autograd_registration", "differentiable=False")
+    assert "register_autograd" in err.fix
+    result = opcheck(hsin, (X,), differentiable=False)
+    assert result == {
+        "test_schema": "SUCCESS",
+        "test_autograd_registration": "SKIPPED",
+        "test_faketensor": "SUCCESS",
+        "test_aot_dispatch_dynamic": "SUCCESS",
+        "test_vmap": "SUCCESS",
+        "test_gradcheck": "SKIPPED",
+    }
+
+    @jaxops.custom_op("oc_nd::wrong", mutates_args=())
+    def wrong(x: jax.Array) -> jax.Array:
+        return 3 * x
+
+    wrong.register_autograd(lambda ctx, g: 2 * g)
+    # not differentiated at all: neither the gradcheck nor eager-vs-jit gradients run
+    assert opcheck(wrong, (X,), differentiable=False)["test_gradcheck"] == "SKIPPED"
+    assert opcheck(wrong, (X,), test_utils="test_gradcheck", raise_exception=False)["test_gradcheck"].check == (
+        "test_gradcheck"
+    )
+
+
+# ----------------------------------------------------------------- malformed opcheck arguments
+def test_opcheck_rejects_malformed_arguments_naming_the_parameter():
+    @jaxops.custom_op("oc_args::add", mutates_args=())
+    def add(x: jax.Array, y: jax.Array) -> jax.Array:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"opcheck\(oc_args::add\): args must be a tuple") as info:
+        opcheck(add, X)  # a bare array, not (X, Y)
+    assert "ArrayImpl" in str(info.value) and "(x,)" in str(info.value)
+    with pytest.raises(TypeError, match="kwargs must be a dict"):
+        opcheck(add, (X, Y), [1])
+    for bad in ("a", -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match=r"opcheck\(oc_args::add\): atol must be a non-negative number"):
+            opcheck(add, (X, Y), atol=bad)
+    with pytest.raises(ValueError, match="rtol must be a non-negative number or None, got str 'x'"):
+        opcheck(add, (X, Y), rtol="x")
+    for junk in (3, None, [3], b"test_vmap"):
+        with pytest.raises(ValueError, match="test_utils"):
+            opcheck(add, (X, Y), test_utils=junk)
+    with pytest.raises(TypeError, match="differentiable must be True or False"):
+        opcheck(add, (X, Y), differentiable="no")
+    with pytest.raises(TypeError, match="raise_exception must be True or False"):
+        opcheck(add, (X, Y), raise_exception=None)
+    assert opcheck(add, [X, Y], atol=1e-4, rtol=0, test_utils="test_vmap") == {"test_vmap": "SUCCESS"}
+
+
+def test_gradcheck_rejects_a_step_size_that_is_not_positive():
+    import custom_vjp
+
+    for eps in (0, 0.0, -1e-6, float("nan"), float("inf"), "1e-6"):
+        with pytest.raises(ValueError, match="gradcheck: eps must be a positive finite step size"):
+            custom_vjp.gradcheck(jnp.sin, (X,), eps=eps)
+    with pytest.raises(ValueError, match="gradgradcheck: eps must be a positive"):
+        custom_vjp.gradgradcheck(jnp.sin, (X,), eps=0)
+    assert custom_vjp.gradcheck(jnp.sin, (X,), eps=1e-6)
