@@ -383,11 +383,7 @@ class CustomOp:
         return self._run_op_by_op(arrays, statics)
 
     def _no_kernel_error(self, platform: str) -> RuntimeError:
-        have = ", ".join(k for k, _ in self.kernels.items()) or "none"
-        return RuntimeError(
-            f"{self.name}: no kernel for device type '{platform}' (registered: {have}); "
-            f"register one with {self._opname}.register_kernel('{platform}')"
-        )
+        return RuntimeError(_dispatch.no_kernel_message(self.name, platform, [k for k, _ in self.kernels.items()]))
 
     def _split(self, values: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         arrays = []
