@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,8 +75,57 @@ def best_of(rounds: int, measure: Callable[[], float]) -> float:
     return min(measure() for _ in range(rounds))
 
 
+def transfer_candidates(dev: jax.Device) -> list[tuple[str, float]]:
+    """Ways to move a small array between a GPU and NumPy, each timed on fresh arrays."""
+    base = jnp.arange(16.0)
+    cpu = jax.devices("cpu")[0]
+
+    def pool(n: int) -> list[jax.Array]:
+        rows = base[None, :] + jnp.arange(n, dtype=jnp.float32)[:, None]
+        return [rows[i] for i in range(n)]
+
+    def pool2(n: int) -> list[tuple[jax.Array, jax.Array]]:
+        return list(zip(pool(n), pool(n)))
+
+    def two_sequential(ab: tuple[jax.Array, jax.Array]) -> Any:
+        return np.asarray(ab[0]), np.asarray(ab[1])
+
+    def two_async(ab: tuple[jax.Array, jax.Array]) -> Any:
+        for a in ab:
+            a.copy_to_host_async()
+        return np.asarray(ab[0]), np.asarray(ab[1])
+
+    out: list[tuple[str, float]] = [
+        ("D2H np.asarray", best_of(3, lambda: per_call_fresh_us(np.asarray, pool))),
+        ("D2H jax.device_get", best_of(3, lambda: per_call_fresh_us(jax.device_get, pool))),
+        ("D2H np.asarray(device_put(x, cpu))", best_of(3, lambda: per_call_fresh_us(lambda a: np.asarray(jax.device_put(a, cpu)), pool))),
+        ("D2H x2 sequential np.asarray", best_of(3, lambda: per_call_fresh_us(two_sequential, pool2))),
+        ("D2H x2 copy_to_host_async first", best_of(3, lambda: per_call_fresh_us(two_async, pool2))),
+    ]
+    try:
+        pinned = jax.sharding.SingleDeviceSharding(dev, memory_kind="pinned_host")
+        out.append(("D2H np.asarray(device_put(x, pinned_host))", best_of(3, lambda: per_call_fresh_us(lambda a: np.asarray(jax.device_put(a, pinned)), pool))))
+    except Exception as e:  # noqa: BLE001 - a backend without pinned host memory
+        print(f"# pinned_host: {type(e).__name__}: {e}")
+    h = np.ones(16, np.float32)
+    h2 = [np.ones(16, np.float32), np.zeros(16, np.float32)]
+    out += [
+        ("H2D jnp.asarray", best_of(3, lambda: per_call_us(lambda a: jax.block_until_ready(jnp.asarray(a)), h, n=500))),
+        ("H2D jax.device_put(a, dev)", best_of(3, lambda: per_call_us(lambda a: jax.block_until_ready(jax.device_put(a, dev)), h, n=500))),
+        ("H2D jax.device_put(a, dev), no wait", best_of(3, lambda: per_call_us(lambda a: jax.device_put(a, dev), h, n=500))),
+        ("H2D x2 device_put each", best_of(3, lambda: per_call_us(lambda arrs: jax.block_until_ready([jax.device_put(a, dev) for a in arrs]), h2, n=500))),
+        ("H2D x2 device_put(list)", best_of(3, lambda: per_call_us(lambda arrs: jax.block_until_ready(jax.device_put(arrs, dev)), h2, n=500))),
+    ]
+    return out
+
+
 def main() -> None:
     dev = jax.devices()[0]
+    if "--transfers" in sys.argv:
+        print("| transfer (16 floats, fresh arrays) | µs |\n|---|---|")
+        for name, t in transfer_candidates(dev):
+            print(f"| {name} | {t:.1f} |")
+        return
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {dev.device_kind} ({jax.default_backend()}), JAX {jax.__version__}")
     x = jnp.ones(16)
     y = jnp.ones(16)

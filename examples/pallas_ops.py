@@ -47,6 +47,8 @@ PALLAS_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.
 FWD_BLOCK_ELEMENTS = 16384
 BWD_STEP_ELEMENTS = 16384
 BWD_ROWS_PER_PROGRAM = 64
+#: Software-pipelining depth of the backward's row loop (loads of the next step in flight).
+BWD_NUM_STAGES = 1
 
 
 # ------------------------------------------------------------------ reference (jnp)
@@ -171,6 +173,7 @@ def rms_norm_backward_pallas(
     step_elements: int = BWD_STEP_ELEMENTS,
     rows_per_program: int = BWD_ROWS_PER_PROGRAM,
     num_warps: int | None = None,
+    num_stages: int = BWD_NUM_STAGES,
     interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """The Pallas backward: each program a band of rows, ``dweight`` partials summed by XLA."""
@@ -193,7 +196,7 @@ def rms_norm_backward_pallas(
             pl.BlockSpec((d,), lambda i: (0,)),
         ],
         out_specs=(pl.BlockSpec((band, d), lambda i: (i, 0)), pl.BlockSpec((1, d), lambda i: (i, 0))),
-        compiler_params=plt.CompilerParams(num_warps=num_warps or _num_warps(step * d), num_stages=1),
+        compiler_params=plt.CompilerParams(num_warps=num_warps or _num_warps(step * d), num_stages=num_stages),
         interpret=interpret,
         name="rms_norm_bwd",
     )(dy2, x2, weight)
