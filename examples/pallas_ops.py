@@ -42,13 +42,17 @@ from jaxops.samples import register_sample_inputs
 #: Dtypes the Pallas kernels take (accumulation is always float32).
 PALLAS_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
-#: Tuning (measured on an H200 by bench/pallas_rmsnorm.py, see bench/RESULTS.md): elements of
-#: a forward block (rows x last dim), rows per backward step, rows per backward program.
-FWD_BLOCK_ELEMENTS = 16384
-BWD_STEP_ELEMENTS = 16384
-BWD_ROWS_PER_PROGRAM = 64
+#: Tuning (swept on an H200 by bench/pallas_rmsnorm.py, see bench/RESULTS.md): elements of a
+#: forward block (rows x last dim), elements per backward step, rows per backward program.
+#: Read when a kernel is traced, so a tuner may set them before the first call.
+FWD_BLOCK_ELEMENTS = 8192
+BWD_STEP_ELEMENTS = 8192
+BWD_ROWS_PER_PROGRAM = 32
 #: Software-pipelining depth of the backward's row loop (loads of the next step in flight).
 BWD_NUM_STAGES = 1
+#: Warps per program (None: from the block's size, see _num_warps).
+FWD_NUM_WARPS: int | None = None
+BWD_NUM_WARPS: int | None = None
 
 
 # ------------------------------------------------------------------ reference (jnp)
@@ -122,11 +126,12 @@ def rms_norm_pallas(
     weight: jax.Array,
     eps: float = 1e-6,
     *,
-    block_elements: int = FWD_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     num_warps: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """The Pallas forward: one program per block of rows (``block_elements`` values)."""
+    block_elements = block_elements or FWD_BLOCK_ELEMENTS
     d = x.shape[-1]
     x2 = x.reshape(-1, d)
     n = x2.shape[0]
@@ -137,7 +142,7 @@ def rms_norm_pallas(
         grid=(n // rows,),
         in_specs=[pl.BlockSpec((rows, d), lambda i: (i, 0)), pl.BlockSpec((d,), lambda i: (0,))],
         out_specs=pl.BlockSpec((rows, d), lambda i: (i, 0)),
-        compiler_params=plt.CompilerParams(num_warps=num_warps or _num_warps(rows * d), num_stages=1),
+        compiler_params=plt.CompilerParams(num_warps=num_warps or FWD_NUM_WARPS or _num_warps(rows * d), num_stages=1),
         interpret=interpret,
         name="rms_norm_fwd",
     )(x2, weight)
@@ -170,13 +175,16 @@ def rms_norm_backward_pallas(
     weight: jax.Array,
     eps: float = 1e-6,
     *,
-    step_elements: int = BWD_STEP_ELEMENTS,
-    rows_per_program: int = BWD_ROWS_PER_PROGRAM,
+    step_elements: int | None = None,
+    rows_per_program: int | None = None,
     num_warps: int | None = None,
-    num_stages: int = BWD_NUM_STAGES,
+    num_stages: int | None = None,
     interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """The Pallas backward: each program a band of rows, ``dweight`` partials summed by XLA."""
+    step_elements = step_elements or BWD_STEP_ELEMENTS
+    rows_per_program = rows_per_program or BWD_ROWS_PER_PROGRAM
+    num_stages = num_stages or BWD_NUM_STAGES
     d = x.shape[-1]
     x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d)
     n = x2.shape[0]
@@ -196,7 +204,7 @@ def rms_norm_backward_pallas(
             pl.BlockSpec((d,), lambda i: (0,)),
         ],
         out_specs=(pl.BlockSpec((band, d), lambda i: (i, 0)), pl.BlockSpec((1, d), lambda i: (i, 0))),
-        compiler_params=plt.CompilerParams(num_warps=num_warps or _num_warps(step * d), num_stages=num_stages),
+        compiler_params=plt.CompilerParams(num_warps=num_warps or BWD_NUM_WARPS or _num_warps(step * d), num_stages=num_stages),
         interpret=interpret,
         name="rms_norm_bwd",
     )(dy2, x2, weight)
