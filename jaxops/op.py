@@ -448,6 +448,7 @@ class CustomOp:
     def _call_host_eager(self, kernel: _dispatch.Kernel, values: list[Any], leaves: list[Any]) -> Any:
         if self._shape_check is not None:
             self._shape_check(values)
+        _host.prefetch_to_host(leaves)
         if self._mutated:
             from jaxops import mutation
 
