@@ -64,7 +64,10 @@ def seconds_per_call(f: Callable[..., Any], *args: Any, n: int = 30, reps: int =
 
 
 def torch_copy_seconds(nbytes: int) -> float | None:
-    """Seconds per device-to-device copy of ``nbytes`` through torch (None without CUDA torch)."""
+    """Seconds per device-to-device copy of an ``nbytes`` array through torch (None without CUDA torch).
+
+    The copy moves ``2 * nbytes`` (it reads and writes the array).
+    """
     try:
         import torch
     except ImportError:
@@ -158,7 +161,7 @@ def measure(P: Any, n: int, d: int, dtype: Any) -> list[tuple[str, float, float]
     def add(name: str, seconds: float, nbytes: float) -> None:
         rows.append((name, seconds * 1e6, nbytes / seconds / 1e12))
 
-    t_copy = torch_copy_seconds(2 * n * d * item)
+    t_copy = torch_copy_seconds(n * d * item)
     if t_copy is not None:
         add("D2D copy (torch copy_, read+write)", t_copy, 2 * n * d * item)
     add("XLA x * 2 (read+write)", seconds_per_call(jax.jit(lambda v: v * 2), x), 2 * n * d * item)
@@ -168,7 +171,7 @@ def measure(P: Any, n: int, d: int, dtype: Any) -> list[tuple[str, float, float]
     add("bwd: op (Pallas backward op)", seconds_per_call(op_bwd, x, w, dy), bwd_bytes)
     add("bwd: raw rms_norm_backward_pallas", seconds_per_call(jax.jit(P.rms_norm_backward_pallas), dy, x, w), bwd_bytes)
     add("bwd: XLA fusion of jax.vjp(reference)", seconds_per_call(ref_bwd, x, w, dy), bwd_bytes)
-    t_copy = torch_copy_seconds(2 * n * d * item)
+    t_copy = torch_copy_seconds(n * d * item)
     if t_copy is not None:
         add("D2D copy again (torch copy_)", t_copy, 2 * n * d * item)
     return rows
