@@ -225,6 +225,24 @@ class KernelTable:
     def __bool__(self) -> bool:
         return bool(self._kernels)
 
+    def display_items(self) -> list[tuple[str, Kernel]]:
+        """``items()`` keyed as the user spells them: one ``"gpu"`` for a kernel on both GPU keys.
+
+        >>> t = KernelTable(); t.set(("cuda", "rocm"), Kernel(abs, False, "")); t.set(("cpu",), Kernel(abs, True, ""))
+        >>> [(k, v.label) for k, v in t.display_items()]
+        [('gpu', 'traceable'), ('cpu', 'host')]
+        """
+        cuda, rocm = self._kernels.get("cuda"), self._kernels.get("rocm")
+        shared = cuda is not None and cuda is rocm
+        out: list[tuple[str, Kernel]] = []
+        for key, kernel in self._kernels.items():
+            if shared and key in ("cuda", "rocm"):
+                if key == "cuda" or "cuda" not in self._kernels:
+                    out.append(("gpu", kernel))
+                continue
+            out.append((key, kernel))
+        return out
+
     def for_platform(self, platform: str) -> Kernel | None:
         """The kernel that runs on ``platform``: a platform kernel wins over the default."""
         return self._kernels.get(platform) or self._kernels.get("default")

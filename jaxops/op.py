@@ -163,7 +163,7 @@ class CustomOp:
         return self._vmap_method
 
     def __repr__(self) -> str:
-        kernels = ", ".join(f"{k}:{v.label}" for k, v in self.kernels.items()) or "none"
+        kernels = ", ".join(f"{k}:{v.label}" for k, v in self.kernels.display_items()) or "none"
         parts = [f"kernels[{kernels}]"]
         if self._fake is not None:
             parts.append("fake")
