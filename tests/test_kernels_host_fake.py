@@ -79,6 +79,7 @@ def test_missing_kernel_messages_echo_the_registered_spelling():
         with pytest.raises(RuntimeError) as traced:
             jax.jit(op)(XC)
         assert msg in str(traced.value)
+    assert "kernels[gpu:traceable]" in repr(sp_gpu) and "kernels[cuda:traceable]" in repr(sp_cuda)
     assert jaxops.dispatch.no_kernel_message("a::f", "cuda", ["cpu"]) == (
         "a::f: no kernel for device type 'gpu' (registered: cpu); register one with f.register_kernel('gpu')"
     )
