@@ -1,4 +1,4 @@
-"""nox sessions: `nox -s tests` (the CI suite), `lint`, `slow`, `notebooks`, `bench`."""
+"""nox sessions: `nox -s tests` (the CI suite), `lint`, `slow`, `notebooks`, `bench`, `gpu`."""
 
 import nox
 
@@ -11,6 +11,18 @@ def tests(session: nox.Session) -> None:
     """The fast suite (what CI runs)."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The fast suite on a GPU machine: JAX's default device is the GPU, `gpu` tests run too.
+
+    Installs JAX's CUDA plugin (extra `cuda`); fails if JAX sees no GPU, so a CPU-only run
+    cannot pass for a GPU one. `cpu_only` tests are skipped there (tests/conftest.py).
+    """
+    session.install("-e", ".[test,cuda]")
+    session.run("python", "-c", "import jax, sys; sys.exit(jax.default_backend() != 'gpu' and 'JAX sees no GPU')")
+    session.run("pytest", "-q", "-m", "not slow", *session.posargs)
 
 
 @nox.session

@@ -126,6 +126,54 @@ def normalize_device_types(op_name: str, device_types: str | Iterable[str] | Non
     return tuple(keys)
 
 
+def display_keys(keys: Iterable[str]) -> list[str]:
+    """Platform keys as a user spells them: ``"cuda"`` and ``"rocm"`` together read ``"gpu"``.
+
+    ``register_kernel("gpu")`` stores the kernel under both GPU keys; messages echo
+    the ``"gpu"`` the user wrote, and ``"cuda"`` alone for a ``register_kernel("cuda")``.
+
+    >>> display_keys(["cpu", "cuda", "rocm"]), display_keys(["cuda"])
+    (['cpu', 'gpu'], ['cuda'])
+    """
+    keys = list(dict.fromkeys(keys))
+    out: list[str] = []
+    for key in keys:
+        if key in ("cuda", "rocm") and "cuda" in keys and "rocm" in keys:
+            if "gpu" not in out:
+                out.append("gpu")
+        else:
+            out.append(key)
+    return out
+
+
+def display_platform(platform: str, keys: Iterable[str]) -> str:
+    """How a message names ``platform`` for an op whose kernels are under ``keys``.
+
+    A GPU platform reads ``"gpu"`` (what ``register_kernel`` takes), unless a kernel
+    for the other GPU flavour exists, when only the exact key (``"cuda"``) would help.
+
+    >>> display_platform("cuda", ["cpu"]), display_platform("cuda", ["rocm"])
+    ('gpu', 'cuda')
+    """
+    if platform in ("cuda", "rocm") and not ({"cuda", "rocm"} - {platform}) & set(keys):
+        return "gpu"
+    return platform
+
+
+def no_kernel_message(op_name: str, platform: str, keys: Sequence[str]) -> str:
+    """The error text for an op with no kernel for ``platform`` (one text, eager and under jit).
+
+    >>> no_kernel_message("lib::f", "cuda", ["cpu"])
+    "lib::f: no kernel for device type 'gpu' (registered: cpu); register one with f.register_kernel('gpu')"
+    """
+    shown = display_platform(platform, keys)
+    have = ", ".join(display_keys(keys)) or "none"
+    return (
+        f"{op_name}: no kernel for device type '{shown}' (registered: {have}); "
+        f"register one with {op_name.split('::')[-1]}.register_kernel('{shown}')"
+    )
+
+
 def platform_of_device(device: Any) -> str:
     """Platform key (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``) of a device or device string."""
     if isinstance(device, str):
@@ -190,6 +238,24 @@ class KernelTable:
     def __bool__(self) -> bool:
         return bool(self._kernels)
 
+    def display_items(self) -> list[tuple[str, Kernel]]:
+        """``items()`` keyed as the user spells them: one ``"gpu"`` for a kernel on both GPU keys.
+
+        >>> t = KernelTable(); t.set(("cuda", "rocm"), Kernel(abs, False, "")); t.set(("cpu",), Kernel(abs, True, ""))
+        >>> [(k, v.label) for k, v in t.display_items()]
+        [('gpu', 'traceable'), ('cpu', 'host')]
+        """
+        cuda, rocm = self._kernels.get("cuda"), self._kernels.get("rocm")
+        shared = cuda is not None and cuda is rocm
+        out: list[tuple[str, Kernel]] = []
+        for key, kernel in self._kernels.items():
+            if shared and key in ("cuda", "rocm"):
+                if key == "cuda" or "cuda" not in self._kernels:
+                    out.append(("gpu", kernel))
+                continue
+            out.append((key, kernel))
+        return out
+
     def for_platform(self, platform: str) -> Kernel | None:
         """The kernel that runs on ``platform``: a platform kernel wins over the default."""
         return self._kernels.get(platform) or self._kernels.get("default")
@@ -225,23 +291,81 @@ class KernelTable:
         branches: dict[str, Callable[..., Any]] = {}
         for key, kernel in self._kernels.items():
             branches[key] = _bind_branch(run, kernel)
+        branches = _defer_untraceable_host_branches(op_name, self._kernels, branches, operands)
         default = branches.pop("default", None)
         if default is None:
-            default = _missing_kernel_branch(op_name, branches, operands)
+            default = _missing_kernel_branch(op_name, branches, operands, tuple(self._kernels))
         return jax.lax.platform_dependent(*operands, default=default, **branches)
 
 
+def _defer_untraceable_host_branches(
+    op_name: str,
+    kernels: dict[str, Kernel],
+    branches: dict[str, Callable[..., Any]],
+    operands: tuple[Any, ...],
+) -> dict[str, Callable[..., Any]]:
+    """Host branches that cannot be traced (no fake) raise only if their platform is lowered.
+
+    ``platform_dependent`` traces every branch, but lowers only the platforms the
+    computation is compiled for: an op with a traceable default kernel and a CPU
+    host kernel without a fake still runs on a GPU. A host branch whose tracing
+    raises ``RuntimeError`` becomes a branch whose *lowering* raises that error,
+    with the shapes of a traceable branch. Without a traceable branch nothing is
+    deferred (the error surfaces while tracing, as before).
+    """
+    traceable = [key for key, kernel in kernels.items() if not kernel.host]
+    host = [key for key, kernel in kernels.items() if kernel.host]
+    if not traceable or not host:
+        return branches
+    failed: dict[str, str] = {}
+    for key in host:
+        try:
+            jax.eval_shape(branches[key], *operands)
+        except RuntimeError as e:
+            failed[key] = str(e)
+    if not failed:
+        return branches
+    out_shapes = jax.eval_shape(branches[traceable[0]], *operands)
+    leaves, treedef = jax.tree_util.tree_flatten(out_shapes)
+    avals = tuple(jax.core.ShapedArray(o.shape, o.dtype) for o in leaves)
+    fixed = dict(branches)
+    for key, message in failed.items():
+        shown = "gpu" if key in ("cuda", "rocm") and "gpu" in display_keys(kernels) else key
+        where = "every device without its own kernel" if key == "default" else f"device type '{shown}'"
+        text = f"{message} (the host kernel for {where} is needed by this computation)"
+
+        def branch(*_operands: Any, _text: str = text) -> Any:
+            outs = _deferred_error_p.bind(avals=avals, message=_text)
+            return jax.tree_util.tree_unflatten(treedef, list(outs))
+
+        fixed[key] = branch
+    return fixed
+
+
 def _missing_kernel_branch(
-    op_name: str, branches: dict[str, Callable[..., Any]], operands: tuple[Any, ...]
+    op_name: str, branches: dict[str, Callable[..., Any]], operands: tuple[Any, ...], have: tuple[str, ...]
 ) -> Callable[..., Any]:
     """The branch for platforms with no kernel: lowering it raises an error naming the op.
 
     Only a platform the computation is actually lowered for reaches it, so a
-    GPU-only op still traces (and exports for ``"cuda"``) on a CPU host.
+    GPU-only op still traces (and exports for ``"cuda"``) on a CPU host. The
+    output shapes come from a registered branch; when none can be traced (a host
+    kernel without a fake) and JAX's default platform has no kernel either, the
+    error names both problems, since the platform is not known while tracing.
     """
-    out_shapes = jax.eval_shape(next(iter(branches.values())), *operands)
+    errors: list[str] = []
+    for candidate in branches.values():
+        try:
+            out_shapes = jax.eval_shape(candidate, *operands)
+            break
+        except RuntimeError as e:
+            errors.append(str(e))
+    else:
+        default_platform = platform_of_device(jax.devices()[0])
+        if default_platform in have:
+            raise RuntimeError(errors[0])
+        raise RuntimeError(f"{no_kernel_message(op_name, default_platform, have)}; and {errors[0]}")
     leaves, treedef = jax.tree_util.tree_flatten(out_shapes)
-    have = tuple(branches)
 
     def branch(*_operands: Any) -> Any:
         outs = _no_kernel_p.bind(
@@ -254,16 +378,22 @@ def _missing_kernel_branch(
 
 def _no_kernel_lowering(ctx: Any, *, avals: Any, op_name: str, have: tuple[str, ...]) -> Any:
     missing = [p for p in ctx.module_context.platforms if p not in have] or list(ctx.module_context.platforms)
-    raise RuntimeError(
-        f"{op_name}: no kernel for device type '{missing[0]}' (registered: {', '.join(have)}); "
-        f"register one with {op_name.split('::')[-1]}.register_kernel('{missing[0]}')"
-    )
+    raise RuntimeError(no_kernel_message(op_name, missing[0], have))
+
+
+def _deferred_error_lowering(ctx: Any, *, avals: Any, message: str) -> Any:
+    raise RuntimeError(message)
 
 
 _no_kernel_p = jax.extend.core.Primitive("jaxops_no_kernel")
 _no_kernel_p.multiple_results = True
 _no_kernel_p.def_abstract_eval(lambda *, avals, op_name, have: list(avals))
 mlir.register_lowering(_no_kernel_p, _no_kernel_lowering)
+
+_deferred_error_p = jax.extend.core.Primitive("jaxops_deferred_error")
+_deferred_error_p.multiple_results = True
+_deferred_error_p.def_abstract_eval(lambda *, avals, message: list(avals))
+mlir.register_lowering(_deferred_error_p, _deferred_error_lowering)
 
 
 def _bind_branch(run: Callable[[Kernel, tuple[Any, ...]], Any], kernel: Kernel) -> Callable[..., Any]:

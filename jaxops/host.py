@@ -52,6 +52,28 @@ def to_numpy(x: Any) -> Any:
     return np.asarray(x)
 
 
+def prefetch_to_host(leaves: Sequence[Any]) -> None:
+    """Start the device-to-host copies of an eager host call's accelerator inputs together.
+
+    ``np.asarray`` on a GPU array waits for its own copy (about 0.2 ms on an H200 for
+    a small array, bench/RESULTS.md); started together, several inputs' copies overlap
+    instead of queueing one after the other. One input (or CPU arrays) needs nothing.
+
+    >>> prefetch_to_host([np.zeros(2), None])   # no jax.Array on an accelerator: a no-op
+    """
+    pending = []
+    for v in leaves:
+        if isinstance(v, jax.Array) and getattr(v, "_npy_value", None) is None:
+            try:
+                if any(d.platform != "cpu" for d in v.devices()):
+                    pending.append(v)
+            except Exception:  # noqa: BLE001 - a deleted array: its conversion reports it
+                continue
+    if len(pending) > 1:
+        for v in pending:
+            v.copy_to_host_async()
+
+
 def call_kernel_eager(
     op_name: str, kernel: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -134,4 +156,13 @@ def make_callback(
     return callback
 
 
-__all__ = ["HostKernelError", "call_kernel_eager", "callback_results", "conform_outputs", "make_callback", "reraise_naming_op", "to_numpy"]
+__all__ = [
+    "HostKernelError",
+    "call_kernel_eager",
+    "callback_results",
+    "conform_outputs",
+    "make_callback",
+    "prefetch_to_host",
+    "reraise_naming_op",
+    "to_numpy",
+]

@@ -163,7 +163,7 @@ class CustomOp:
         return self._vmap_method
 
     def __repr__(self) -> str:
-        kernels = ", ".join(f"{k}:{v.label}" for k, v in self.kernels.items()) or "none"
+        kernels = ", ".join(f"{k}:{v.label}" for k, v in self.kernels.display_items()) or "none"
         parts = [f"kernels[{kernels}]"]
         if self._fake is not None:
             parts.append("fake")
@@ -383,11 +383,7 @@ class CustomOp:
         return self._run_op_by_op(arrays, statics)
 
     def _no_kernel_error(self, platform: str) -> RuntimeError:
-        have = ", ".join(k for k, _ in self.kernels.items()) or "none"
-        return RuntimeError(
-            f"{self.name}: no kernel for device type '{platform}' (registered: {have}); "
-            f"register one with {self._opname}.register_kernel('{platform}')"
-        )
+        return RuntimeError(_dispatch.no_kernel_message(self.name, platform, [k for k, _ in self.kernels.items()]))
 
     def _split(self, values: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         arrays = []
@@ -452,6 +448,7 @@ class CustomOp:
     def _call_host_eager(self, kernel: _dispatch.Kernel, values: list[Any], leaves: list[Any]) -> Any:
         if self._shape_check is not None:
             self._shape_check(values)
+        _host.prefetch_to_host(leaves)
         if self._mutated:
             from jaxops import mutation
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import has_gpu, on_cpu
 from jax import export, lax
 
 import jaxops
@@ -80,6 +81,7 @@ def host_ag_op():
 X = jnp.linspace(0.1, 1.2, 4, dtype=jnp.float32)
 F32 = np.dtype("float32")
 TOL = dict(rtol=1e-5, atol=1e-6)
+XC = on_cpu(X)  # committed to the CPU: tests of CPU kernels pin their arrays there
 
 
 # --------------------------------------------------------------------------- §0 nesting
@@ -773,12 +775,12 @@ def test_cpu_kernel_wins_eager_and_under_jit_and_functional_forms():
         return x
 
     jaxops.register_kernel("t_ac::dk2", "cpu", lambda x: x + 10)
-    np.testing.assert_allclose(dk2(X), X + 10)
-    np.testing.assert_allclose(jax.jit(dk2)(X), X + 10)
+    np.testing.assert_allclose(dk2(XC), X + 10)
+    np.testing.assert_allclose(jax.jit(dk2)(XC), X + 10)
     jaxops.register_kernel(dk2, "cpu")(lambda x: x + 20)  # decorator form
-    np.testing.assert_allclose(dk2(X), X + 20)
-    np.testing.assert_allclose(jax.jit(dk2)(X), X + 20)
-    np.testing.assert_allclose(jax.grad(lambda x: dk2(x).sum())(X), jnp.ones_like(X))
+    np.testing.assert_allclose(dk2(XC), X + 20)
+    np.testing.assert_allclose(jax.jit(dk2)(XC), X + 20)
+    np.testing.assert_allclose(jax.grad(lambda x: dk2(x).sum())(XC), jnp.ones_like(X))
 
 
 def test_register_kernel_host_true():
@@ -793,12 +795,12 @@ def test_register_kernel_host_true():
         seen.append(type(x))
         return np.asarray(x) * 3
 
-    np.testing.assert_allclose(dkh(X), X * 3)
+    np.testing.assert_allclose(dkh(XC), X * 3)
     assert seen and seen[-1] is np.ndarray
     dkh.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
-    np.testing.assert_allclose(jax.jit(dkh)(X), X * 3)
+    np.testing.assert_allclose(jax.jit(dkh)(XC), X * 3)
     jaxops.register_kernel(dkh, "cpu", lambda x: np.asarray(x) * 4, host=True)
-    np.testing.assert_allclose(jax.jit(dkh)(X), X * 4)
+    np.testing.assert_allclose(jax.jit(dkh)(XC), X * 4)
 
 
 def test_jit_kernel_selection_is_platform_dependent_in_hlo():
@@ -808,7 +810,9 @@ def test_jit_kernel_selection_is_platform_dependent_in_hlo():
 
     pd.register_kernel("gpu")(lambda x: x - 1)
     exp = export.export(jax.jit(pd), platforms=("cpu", "cuda"))(X)
-    np.testing.assert_allclose(exp.call(X), X + 1)
+    np.testing.assert_allclose(exp.call(XC), X + 1)  # the branch is the platform it runs on
+    if has_gpu():
+        np.testing.assert_allclose(exp.call(jax.device_put(X, jax.devices("gpu")[0])), X - 1)
 
 
 def test_no_tensor_inputs():
@@ -1052,19 +1056,19 @@ def test_library_def_impl_dispatch_keys_and_destroy():
     lib.define("foo(Tensor x, int y=2) -> Tensor")
     lib.impl("foo", lambda x, y=2: x * y, "default")
     foo = jaxops.ops.t_ac_lib.foo
-    np.testing.assert_allclose(foo(X), X * 2)
-    np.testing.assert_allclose(foo(X, 3), X * 3)
-    np.testing.assert_allclose(foo(X, y=4), X * 4)
-    np.testing.assert_allclose(jax.jit(foo)(X), X * 2)
+    np.testing.assert_allclose(foo(XC), X * 2)
+    np.testing.assert_allclose(foo(XC, 3), X * 3)
+    np.testing.assert_allclose(foo(XC, y=4), X * 4)
+    np.testing.assert_allclose(jax.jit(foo)(XC), X * 2)
     lib.impl("foo", lambda x, y=2: x * y + 100, "cpu")
-    np.testing.assert_allclose(foo(X), X * 2 + 100)  # platform key wins over default
-    np.testing.assert_allclose(jax.jit(foo)(X), X * 2 + 100)
-    np.testing.assert_allclose(jax.grad(lambda x: foo(x).sum())(X), 2 * jnp.ones_like(X))
+    np.testing.assert_allclose(foo(XC), X * 2 + 100)  # platform key wins over default
+    np.testing.assert_allclose(jax.jit(foo)(XC), X * 2 + 100)
+    np.testing.assert_allclose(jax.grad(lambda x: foo(x).sum())(XC), 2 * jnp.ones_like(X))
 
     lib.define("hfoo(Tensor x) -> Tensor")
     lib.impl("hfoo", lambda x: np.sort(x), "cpu", host=True)
     lib.impl("hfoo", lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), "Meta")
-    np.testing.assert_allclose(jax.jit(jaxops.ops.t_ac_lib.hfoo)(X[::-1]), X)
+    np.testing.assert_allclose(jax.jit(jaxops.ops.t_ac_lib.hfoo)(XC[::-1]), X)
 
     lib.define("cia(Tensor x) -> Tensor")
     lib.impl("cia", lambda x: jnp.sin(x), "CompositeImplicitAutograd")
@@ -1094,17 +1098,17 @@ def test_define_and_impl_functions():
     try:
         jaxops.define("t_ac_lib3::baz", "(Tensor x, float a=1.5) -> Tensor", lib=lib)
         jaxops.impl("t_ac_lib3::baz", "cpu", lambda x, a=1.5: x * a, lib=lib)
-        np.testing.assert_allclose(jaxops.ops.t_ac_lib3.baz(X), X * 1.5)
+        np.testing.assert_allclose(jaxops.ops.t_ac_lib3.baz(XC), X * 1.5)
 
         @jaxops.impl("t_ac_lib3::baz", "default", lib=lib)
         def _(x, a=1.5):
             return x
 
-        np.testing.assert_allclose(jaxops.ops.t_ac_lib3.baz(X), X * 1.5)  # cpu still wins
+        np.testing.assert_allclose(jaxops.ops.t_ac_lib3.baz(XC), X * 1.5)  # cpu still wins
         jaxops.define("t_ac_lib3::hq", "(Tensor x) -> Tensor", lib=lib)
         jaxops.impl("t_ac_lib3::hq", "cpu", lambda x: np.asarray(x) + 1, lib=lib, host=True)
         jaxops.impl("t_ac_lib3::hq", "Meta", lambda x: x, lib=lib)
-        np.testing.assert_allclose(jax.jit(jaxops.ops.t_ac_lib3.hq)(X), X + 1)
+        np.testing.assert_allclose(jax.jit(jaxops.ops.t_ac_lib3.hq)(XC), X + 1)
     finally:
         lib._destroy()
 
@@ -1262,11 +1266,11 @@ def test_jit_of_an_op_without_a_kernel_for_this_platform_names_the_op():
     def g(x: jax.Array) -> jax.Array:
         return x + 1
 
-    msg = "t_ac::gpuonly: no kernel for device type 'cpu'"
+    msg = "t_ac::gpuonly: no kernel for device type 'cpu' (registered: gpu); register one with gpuonly.register_kernel('cpu')"
     with pytest.raises(RuntimeError, match=lit(msg)):
-        g(X)
+        g(XC)
     with pytest.raises(RuntimeError, match=lit(msg)):
-        jax.jit(g)(X)
+        jax.jit(g)(XC)
     with pytest.raises(RuntimeError, match=lit(msg)):
         export.export(jax.jit(g), platforms=("cpu", "cuda"))(X)
     exp = export.export(jax.jit(g), platforms=("cuda", "rocm"))(X)  # every lowered platform has one

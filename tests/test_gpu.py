@@ -1,6 +1,7 @@
 """GPU behaviour: kernel choice per device, host ops on GPU arrays, factories (skipped without a GPU).
 
-Run on a GPU machine with ``python -m pytest -m gpu tests/test_gpu.py``.
+Run on a GPU machine with ``python -m pytest -m gpu tests/test_gpu.py`` (or the whole suite
+with ``nox -s gpu``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,7 @@ import pytest
 
 import jaxops
 
-
-def _has_gpu() -> bool:
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _has_gpu(), reason="needs a GPU (none visible to JAX)")]
+pytestmark = pytest.mark.gpu  # tests/conftest.py skips these when JAX sees no GPU
 
 
 @pytest.fixture
@@ -117,3 +110,38 @@ def test_same_hlo_as_plain_jax_on_gpu():
         return sorted(re.findall(r"=\s*[a-z0-9\[\]{},]+\s+([a-z\-]+)\(", text))
 
     assert ops(with_op) == ops(plain)
+
+
+def test_missing_kernel_on_gpu_arrays_names_gpu_and_register_kernel():
+    @jaxops.custom_op("t_gpu::cpu_host", mutates_args=(), device_types="cpu", host=True)
+    def cpu_host(x: jax.Array) -> jax.Array:
+        return np.asarray(x) + 1
+
+    x = jax.device_put(jnp.zeros(4), jax.devices("gpu")[0])
+    msg = "t_gpu::cpu_host: no kernel for device type 'gpu' (registered: cpu); register one with cpu_host.register_kernel('gpu')"
+    with pytest.raises(RuntimeError) as eager:
+        cpu_host(x)
+    assert str(eager.value) == msg
+    with pytest.raises(RuntimeError) as traced:
+        jax.jit(cpu_host)(x)  # no fake either: the message names both
+    assert msg in str(traced.value) and "there is no fake impl registered" in str(traced.value)
+    cpu_host.register_fake(lambda x: x)
+    with pytest.raises(RuntimeError) as traced:
+        jax.jit(cpu_host)(x)
+    assert msg in str(traced.value)
+
+
+def test_cpu_host_kernel_without_fake_beside_a_traceable_default_on_gpu():
+    @jaxops.custom_op("t_gpu::mixed", mutates_args=())
+    def mixed(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    @mixed.register_kernel("cpu", host=True)
+    def _(x):
+        return np.asarray(x) * 3
+
+    x = jax.device_put(jnp.ones(4), jax.devices("gpu")[0])
+    np.testing.assert_allclose(mixed(x), 2.0)
+    np.testing.assert_allclose(jax.jit(mixed)(x), 2.0)
+    xc = jax.device_put(jnp.ones(4), jax.devices("cpu")[0])
+    np.testing.assert_allclose(mixed(xc), 3.0)  # eagerly the CPU host kernel needs no fake

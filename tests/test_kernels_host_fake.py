@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import on_cpu
 
 import jaxops
 
 X = jnp.array([3.0, 1.0, 2.0])
+XC = on_cpu(X)  # committed to the CPU: tests of CPU kernels pin their arrays there
 
 
 # ------------------------------------------------------------------- kernels
@@ -34,10 +36,10 @@ def test_platform_kernel_wins_over_default_eager_and_jit():
 
     plat.register_kernel("cpu")(lambda x: x * 2)
     plat.register_kernel("gpu")(lambda x: x * 3)
-    np.testing.assert_allclose(plat(X), X * 2)
-    np.testing.assert_allclose(jax.jit(plat)(X), X * 2)
+    np.testing.assert_allclose(plat(XC), X * 2)
+    np.testing.assert_allclose(jax.jit(plat)(XC), X * 2)
     # Chosen at lowering time: one branch per platform, nothing left in the compiled CPU program.
-    hlo = jax.jit(plat).lower(X).compile().as_text()
+    hlo = jax.jit(plat).lower(XC).compile().as_text()
     assert "conditional" not in hlo and "case" not in hlo.lower().split("entry")[-1]
 
 
@@ -47,7 +49,7 @@ def test_functional_register_kernel_and_lookup_by_name():
         return x + 1
 
     jaxops.register_kernel("t_k::fk", "cpu", lambda x: x - 1)
-    np.testing.assert_allclose(fk(X), X - 1)
+    np.testing.assert_allclose(fk(XC), X - 1)
 
 
 def test_kernel_for_other_platform_only_is_reported_eagerly():
@@ -55,9 +57,65 @@ def test_kernel_for_other_platform_only_is_reported_eagerly():
     def gpu_only(x: jax.Array) -> jax.Array:
         return x
 
+    with pytest.raises(RuntimeError, match=r"t_k::gpu_only: no kernel for device type 'cpu'"):
+        gpu_only(XC)
+
+
+def test_missing_kernel_messages_echo_the_registered_spelling():
+    @jaxops.custom_op("t_k::sp_gpu", mutates_args=(), device_types="gpu")
+    def sp_gpu(x: jax.Array) -> jax.Array:
+        return x
+
+    @jaxops.custom_op("t_k::sp_cuda", mutates_args=(), device_types="cuda")
+    def sp_cuda(x: jax.Array) -> jax.Array:
+        return x
+
+    gpu_msg = "t_k::sp_gpu: no kernel for device type 'cpu' (registered: gpu); register one with sp_gpu.register_kernel('cpu')"
+    cuda_msg = "t_k::sp_cuda: no kernel for device type 'cpu' (registered: cuda); register one with sp_cuda.register_kernel('cpu')"
+    for op, msg in ((sp_gpu, gpu_msg), (sp_cuda, cuda_msg)):
+        with pytest.raises(RuntimeError) as eager:
+            op(XC)
+        assert str(eager.value) == msg
+        with pytest.raises(RuntimeError) as traced:
+            jax.jit(op)(XC)
+        assert msg in str(traced.value)
+    assert "kernels[gpu:traceable]" in repr(sp_gpu) and "kernels[cuda:traceable]" in repr(sp_cuda)
+    assert jaxops.dispatch.no_kernel_message("a::f", "cuda", ["cpu"]) == (
+        "a::f: no kernel for device type 'gpu' (registered: cpu); register one with f.register_kernel('gpu')"
+    )
+    assert jaxops.dispatch.no_kernel_message("a::f", "cuda", ["cpu", "rocm"]).startswith(
+        "a::f: no kernel for device type 'cuda' (registered: cpu, rocm)"
+    )
+
+
+def test_host_kernel_without_fake_for_another_platform_does_not_block_this_one():
+    # A traceable default plus a host kernel (no fake) for the GPU: the CPU runs the
+    # default, eagerly and under jit; only lowering for the GPU needs the fake.
+    @jaxops.custom_op("t_k::hgpu", mutates_args=())
+    def hgpu(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    hgpu.register_kernel("gpu", host=True)(lambda x: np.asarray(x) * 3)
+    np.testing.assert_allclose(hgpu(XC), X * 2)
+    np.testing.assert_allclose(jax.jit(hgpu)(XC), X * 2)
+    with pytest.raises(RuntimeError, match=r"t_k::hgpu: there is no fake impl registered.*\(the host kernel for device type 'gpu' is needed"):
+        jax.export.export(jax.jit(hgpu), platforms=("cuda",))(XC)
+    hgpu.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    np.testing.assert_allclose(jax.jit(hgpu)(XC), X * 2)
+
+
+def test_host_only_op_without_fake_under_jit_on_a_platform_without_kernel():
+    # Only a GPU host kernel and no fake: jit on the CPU can neither trace the kernel nor
+    # find one for the CPU; the error says both.
+    @jaxops.custom_op("t_k::honly", mutates_args=(), device_types="gpu", host=True)
+    def honly(x: jax.Array) -> jax.Array:
+        return np.asarray(x) + 1
+
+    with pytest.raises(RuntimeError, match=r"t_k::honly: no kernel for device type 'cpu' \(registered: gpu\)"):
+        honly(XC)
     if jax.default_backend() == "cpu":
-        with pytest.raises(RuntimeError, match=r"t_k::gpu_only: no kernel for device type 'cpu'"):
-            gpu_only(X)
+        with pytest.raises(RuntimeError, match=r"no kernel for device type 'cpu' \(registered: gpu\).*there is no fake impl registered"):
+            jax.jit(honly)(XC)
 
 
 def test_no_tensor_inputs_needs_device():
@@ -257,13 +315,13 @@ def test_library_define_impl_meta_destroy():
     try:
         assert lib.define("foo(Tensor x, int y=2) -> Tensor") == "t_lib::foo"
         lib.impl("foo", lambda x, y: x * y, "default")
-        np.testing.assert_allclose(jaxops.ops.t_lib.foo(X), X * 2)
+        np.testing.assert_allclose(jaxops.ops.t_lib.foo(XC), X * 2)
         lib.impl("foo", lambda x, y: x * y + 1, "cpu")
-        np.testing.assert_allclose(jaxops.ops.t_lib.foo(X, 3), X * 3 + 1)  # platform wins over default
+        np.testing.assert_allclose(jaxops.ops.t_lib.foo(XC, 3), X * 3 + 1)  # platform wins over default
         lib.define("hfoo(Tensor x) -> Tensor")
         lib.impl("hfoo", lambda x: np.cos(x), "cpu", host=True)
         lib.impl("hfoo", lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), "Meta")
-        np.testing.assert_allclose(jax.jit(jaxops.ops.t_lib.hfoo)(X), np.cos(X), rtol=1e-6)
+        np.testing.assert_allclose(jax.jit(jaxops.ops.t_lib.hfoo)(XC), np.cos(X), rtol=1e-6)
         lib.define("cia(Tensor x) -> Tensor")
         lib.impl("cia", lambda x: jnp.sin(x), "CompositeImplicitAutograd")
         np.testing.assert_allclose(jax.grad(lambda x: jaxops.ops.t_lib.cia(x).sum())(X), jnp.cos(X), rtol=1e-6)
@@ -294,13 +352,13 @@ def test_define_and_impl_functions():
     try:
         op = jaxops.define("t_def::neg", "(Tensor x) -> Tensor", lib=lib)
         jaxops.impl("t_def::neg", "default", lambda x: -x, lib=lib)
-        np.testing.assert_allclose(op(X), -X)
+        np.testing.assert_allclose(op(XC), -X)
 
         @jaxops.impl("t_def::neg", "cpu", lib=lib)
         def _(x):
             return -2 * x
 
-        np.testing.assert_allclose(jaxops.ops.t_def.neg(X), -2 * X)
+        np.testing.assert_allclose(jaxops.ops.t_def.neg(XC), -2 * X)
     finally:
         lib._destroy()
 

@@ -62,11 +62,12 @@ def test_record_eager_and_traced_calls():
     with jaxops.record_op_profiles() as profiles:
         mm(np.ones((2, 4), np.float32), np.ones((4, 3), np.float32))
         jax.jit(lambda x: shift(x, 0.5))(jnp.ones((3,), jnp.float32))
-    t2 = TensorMetadata(2, F32, "cpu")
+    dev = jax.default_backend()  # NumPy inputs and traced calls land on the default device
+    t2 = TensorMetadata(2, F32, dev)
     assert profiles["proftest::mm"] == {OpProfile((t2, t2), t2)}
     (rp,) = profiles["proftest::shift"]
-    assert rp.args_profile == (TensorMetadata(1, F32, "cpu"), 0.5)
-    assert rp.out_profile == TensorMetadata(1, F32, "cpu")
+    assert rp.args_profile == (TensorMetadata(1, F32, dev), 0.5)
+    assert rp.out_profile == TensorMetadata(1, F32, dev)
     assert jaxops.profiles._RECORDING is False
     mm(np.ones((2, 4), np.float32), np.ones((4, 3), np.float32))  # outside: nothing recorded
     assert len(profiles["proftest::mm"]) == 1
