@@ -673,12 +673,7 @@ class _Max:
         self.cands = keep
 
     def value(self) -> Any:
-        if not self.cands:
-            return 0
-        out = self.cands[0]
-        for c in self.cands[1:]:
-            out = jax.core.max_dim(out, c)
-        return out
+        return _max_value(self.cands) if self.cands else 0
 
 
 def _order(a: Any, b: Any) -> int:
@@ -703,34 +698,37 @@ def _nbytes(vs: Any) -> Any:
     return acc.value()
 
 
-# id(jaxpr) -> (jaxpr, transient peak bytes)
+# id(jaxpr) -> (jaxpr, transient peak bytes as _Max candidates)
 _TRANSIENT_MEMO: dict[int, tuple[Any, Any]] = {}
 
 
-def _extra(eqn: Any, out_bytes: Any) -> Any:
-    """Bytes an equation needs at its step beyond its inputs and outputs (its nested programs' temporaries)."""
+def _extra(eqn: Any, out_bytes: Any) -> list[Any]:
+    """Bytes an equation needs at its step beyond its inputs and outputs (its nested programs' temporaries).
+
+    Returned as :class:`_Max` candidates (one int for concrete shapes).
+    """
     subs = _sub_jaxprs(eqn)
     if not subs:
-        return 0
+        return [0]
     loop = eqn.primitive.name in ("scan", "while")
     m = _Max()
+    m.add(0)
     for j, _ in subs:
-        t = _transient(j)
-        if loop:
-            m.add(t)  # the body's buffers come on top of the stacked outputs
-        else:
-            d = t - out_bytes  # a call's outputs are the last of its body's buffers
-            m.add(d if not (type(d) is int and d < 0) else 0)
-    return m.value()
+        for t in _transient(j):
+            # a loop body's buffers come on top of the stacked outputs; a call's outputs are
+            # the last of its body's buffers
+            m.add(t if loop else t - out_bytes)
+    return m.cands
 
 
-def _liveness(jaxpr: Any, steps: list[Any] | None = None) -> Any:
-    """Peak bytes of the buffers a jaxpr creates (its inputs not counted).
+def _liveness(jaxpr: Any, steps: list[Any] | None = None) -> list[Any]:
+    """Peak bytes of the buffers a jaxpr creates (its inputs not counted), as :class:`_Max` candidates.
 
     Program-order liveness: an equation's outputs are allocated at its step
     (its nested program's temporaries with them) while its inputs are still
     live; a value is freed after its last use; the jaxpr's outputs stay live.
     With ``steps``, one ``(eqn, live bytes at the step)`` per equation is appended.
+    Candidates stay free of ``max`` terms (symbolic comparisons of those are slow).
     """
     eqns = jaxpr.eqns
     outs = {id(v) for v in jaxpr.outvars if not isinstance(v, Literal)}
@@ -744,11 +742,19 @@ def _liveness(jaxpr: Any, steps: list[Any] | None = None) -> Any:
     peak = _Max()
     for k, eqn in enumerate(eqns):
         ob = _nbytes(eqn.outvars)
-        during = live + ob + _extra(eqn, ob)
-        peak.add(during)
-        if steps is not None:
-            steps.append((eqn, during))
-        live = live + ob
+        base = live + ob
+        extra = _extra(eqn, ob)
+        if len(extra) == 1:
+            during = base + extra[0]
+            peak.add(during)
+            if steps is not None:
+                steps.append((eqn, during))
+        else:
+            for e in extra:
+                peak.add(base + e)
+            if steps is not None:
+                steps.append((eqn, _max_value([base + e for e in extra])))
+        live = base
         free = []
         for v in eqn.outvars:
             i = id(v)
@@ -762,10 +768,69 @@ def _liveness(jaxpr: Any, steps: list[Any] | None = None) -> Any:
                 owned.discard(i)
         if free:
             live = live - _nbytes(free)
-    return peak.value()
+    return peak.cands or [0]
 
 
-def _transient(jaxpr: Any) -> Any:
+#: Above this many candidates that JAX cannot order, a symbolic peak is an upper bound.
+_EXACT_MAX = 8
+
+
+def _max_value(cands: list[Any]) -> Any:
+    """``max`` of candidates: a balanced tree of ``jax.core.max_dim`` (JAX simplifies deep nests slowly).
+
+    More than :data:`_EXACT_MAX` symbolic candidates (a ``grad`` plan's steps,
+    where parameter gradients grow while activations shrink) would take JAX
+    minutes to combine; they give :func:`_coefficient_bound` instead.
+    """
+    if len(cands) > _EXACT_MAX:
+        bound = _coefficient_bound(cands)
+        if bound is not None:
+            return bound
+    return _balanced_max(cands)
+
+
+def _balanced_max(cands: list[Any]) -> Any:
+    if len(cands) == 1:
+        return cands[0]
+    mid = len(cands) // 2
+    return jax.core.max_dim(_balanced_max(cands[:mid]), _balanced_max(cands[mid:]))
+
+
+def _coefficient_bound(cands: list[Any]) -> Any:
+    """One polynomial >= every candidate for all dims >= 1: the largest coefficient of each monomial.
+
+    Reads the terms of JAX's symbolic expressions (``_sorted_terms``, not a
+    public API); returns None when that fails, and the caller builds the exact max.
+    """
+    try:
+        best: dict[Any, tuple[Any, Any]] = {}  # monomial -> (coefficient, monomial expression)
+        const = None
+        for c in cands:
+            if isinstance(c, (int, np.integer)):
+                const = int(c) if const is None else max(const, int(c))
+                continue
+            seen_const = False
+            for term, coeff in c._sorted_terms:  # noqa: SLF001 - no public way to read coefficients
+                if term.is_constant:
+                    seen_const = True
+                    const = coeff if const is None else max(const, coeff)
+                    continue
+                cur = best.get(term)
+                if cur is None:
+                    best[term] = (coeff, type(c)._from_term(term, 1, c.scope))  # noqa: SLF001
+                elif coeff > cur[0]:
+                    best[term] = (coeff, cur[1])
+            if not seen_const:
+                const = 0 if const is None else max(const, 0)
+        out: Any = const or 0
+        for coeff, mono in best.values():
+            out = out + (mono * max(coeff, 0) if coeff != 1 else mono)
+        return out
+    except Exception:  # noqa: BLE001 - JAX internals changed: fall back to the exact max
+        return None
+
+
+def _transient(jaxpr: Any) -> list[Any]:
     hit = _TRANSIENT_MEMO.get(id(jaxpr))
     if hit is not None and hit[0] is jaxpr:
         return hit[1]
@@ -819,6 +884,7 @@ class Plan:
         self.jax_groups = list(jax_groups or [])
         self._jaxpr = jaxpr
         self._memory: tuple[Any, list[dict[str, Any]]] | None = None
+        self._peak: Any = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
@@ -852,14 +918,17 @@ class Plan:
                 out.setdefault(g["scope"], []).append(g)
         return out
 
+    def _program(self) -> Any:
+        if self._jaxpr is None:
+            raise ValueError("this Plan has no program to analyse (it was built without a jaxpr)")
+        return self._jaxpr
+
     def _memory_profile(self) -> tuple[Any, list[dict[str, Any]]]:
         if self._memory is None:
-            if self._jaxpr is None:
-                raise ValueError("this Plan has no program to analyse (it was built without a jaxpr)")
-            jaxpr = self._jaxpr
+            jaxpr = self._program()
             args = _nbytes(list(jaxpr.invars) + list(jaxpr.constvars))
             steps: list[Any] = []
-            peak = _liveness(jaxpr, steps)
+            peak = _max_value(_liveness(jaxpr, steps))
             ops = {r["op"] for r in self.records}
             timeline = []
             for k, (eqn, live) in enumerate(steps):
@@ -887,12 +956,22 @@ class Plan:
         forward and backward.  No fusion and no in-place reuse are assumed,
         so on XLA (which fuses elementwise chains) it is an upper-side
         estimate; ops planned through a fake count their outputs only.
+        With symbolic shapes it is a ``max(...)`` of the step peaks JAX cannot
+        order; beyond 8 of those (typical of ``grad``) it is an upper bound:
+        per monomial, the largest coefficient among them.
 
         >>> import jax, jax.numpy as jnp, jaxops
         >>> jaxops.plan(lambda x: x * 2 + 1, jax.ShapeDtypeStruct((4,), jnp.float32)).peak_bytes
         48
         """
-        return self._memory_profile()[0]
+        if self._peak is None:
+            if self._memory is not None:
+                self._peak = self._memory[0]
+            else:
+                jaxpr = self._program()
+                args = _nbytes(list(jaxpr.invars) + list(jaxpr.constvars))
+                self._peak = args + _max_value(_liveness(jaxpr))
+        return self._peak
 
     def memory_timeline(self) -> list[dict[str, Any]]:
         """Live bytes per top-level step: dicts with ``step``, ``primitive`` (or op name), ``scope``, ``phase``, ``live_bytes``.
