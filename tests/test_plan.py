@@ -568,3 +568,36 @@ def test_negative_dimension_raises_naming_the_argument(ops):
         jaxops.plan(lambda **kw: kw["y"], y=S((2.5,), F32))
     with pytest.raises(ValueError, match=r"argument args\[1\] has an invalid shape"):
         jaxops.plan(lambda *a: a[0], S((1,), F32), S((-2, 1), F32))
+
+
+def test_symbolic_peak_is_an_exact_max_or_a_coefficient_bound():
+    b, s = jax.export.symbolic_shape("b, s")
+    # two peaks no ordering of the symbols decides: the exact max
+    few = [2 * b * s + 100, 3 * b * s + 10]
+    assert str(PLAN._max_value(few)) == "max(2*b*s + 100, 3*b*s + 10)"
+    # past 8 of them: one polynomial at least as large as each (JAX can decide that)
+    many = [(20 - k) * b * s + k * s + 1000 * k for k in range(10)]
+    bound = PLAN._max_value(many)
+    assert str(bound) == "20*b*s + 9*s + 9000"
+    assert all(bound >= c for c in many)
+
+
+def test_symbolic_grad_plan_peak_is_quick(ops):
+    import time
+
+    mm, act = ops["mm"], ops["act"]
+
+    def loss(ws, x):
+        for w in ws:
+            x = act(mm(x, w)) + x
+        return jnp.sum(x * x)
+
+    b, = jax.export.symbolic_shape("b")
+    ws = [S((16, 16), F32)] * 12
+    p = jaxops.plan(jax.grad(loss), ws, S((b, 16), F32))
+    t0 = time.perf_counter()
+    peak = p.peak_bytes
+    assert time.perf_counter() - t0 < 5.0
+    assert not isinstance(peak, int) and "b" in str(peak)
+    # at least the arguments and the gradients (12 * 16 * 16 floats each) are live at the end
+    assert peak >= 2 * 12 * 16 * 16 * 4 + 64 * b
