@@ -435,6 +435,10 @@ def test_peak_bytes_agrees_with_xla_memory_analysis(batch):
     buffers and the peak of its temporary allocation after buffer reuse.  An
     Equinox MLP is compared (matmul-dominated, so XLA's fusion of elementwise
     chains, which the plan does not model, changes little): forward and grad.
+    Not comparable: programs XLA's CPU backend turns into one YNNPACK fusion
+    (``__ynn_fusion``, e.g. ``jnp.sum(tanh(tanh(x @ w1) @ w2))``): its buffers
+    inside are not in XLA's buffer assignment, so XLA reports 0 temp bytes
+    (measured: plan / XLA = 1.40 forward, 1.36 grad for four 512x512 layers).
     """
     eqx = pytest.importorskip("equinox")
     mlp = eqx.nn.MLP(256, 10, 512, depth=3, key=jax.random.PRNGKey(0))
