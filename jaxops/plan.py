@@ -1239,13 +1239,13 @@ def plan(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Plan:
     ops = {op.name: op for op in _registry.all_ops()}
     _PLANNING[0] += 1
     if _PLANNING[0] == 1:  # op traces made while planning differ (fakes stand in for bodies)
-        _registry.set_mode("jaxops.plan", True)
+        _registry.set_mode("planning", True)
     try:
         traced = jax.jit(flat).trace(*arr_in)
     finally:
         _PLANNING[0] -= 1
         if _PLANNING[0] == 0:
-            _registry.set_mode("jaxops.plan", None)
+            _registry.set_mode("planning", None)
     closed = traced.jaxpr
     ctx = _Ctx(ops)
     _walk(closed.jaxpr, ctx, 1, 1, top=True)
