@@ -9,7 +9,7 @@ Run ``python bench/plan_vs_eval_shape.py``.  Same model, same abstract inputs
   own trace cache; ``jaxops.plan`` hits its plan cache).
 
 The ops' own inner traces are warm in both regimes (JAX caches them per op and
-signature; they are shared by eval_shape and plan).  Medians of runs that
+signature; plan traces under its own mode, so each warms its own).  Medians of runs that
 alternate the two, so machine load affects both alike.
 """
 
@@ -84,7 +84,7 @@ def main() -> dict[str, float]:
     params = [jax.ShapeDtypeStruct((d, d), jnp.float32) for _ in range(N_OPS // 4)]
     x = jax.ShapeDtypeStruct((b, d), jnp.float32)
 
-    p = jaxops.plan(model, params, x)  # warm the ops' own trace caches (eval_shape shares them)
+    p = jaxops.plan(model, params, x)  # warm the ops' own trace caches (plan keeps its own: fakes stand in)
     assert len(p.records) == N_OPS, len(p.records)
     jax.eval_shape(model, params, x)
 

@@ -5,6 +5,7 @@ Run it as the console script ``jaxops`` or as ``python -m jaxops``::
     jaxops list examples/mlp_ops.py          # ops, schemas, kernels, fake/autograd/vmap
     jaxops check examples.mlp_ops            # opcheck every op with sample inputs
     jaxops plan examples/mlp_ops.py:loss --shape params.w1=16,32 ... --shape x=b,16
+    jaxops plan model.py:loss --abstract model.py:make_args --grad   # Equinox Modules
     jaxops demo                              # the end-to-end tour (CPU, < 1 minute)
 
 A ``MODULE`` is a dotted module name (importable from the current directory,
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TextIO
 
-__all__ = ["CliError", "build_parser", "describe_op", "import_module", "main", "module_ops", "parse_shape"]
+__all__ = ["CliError", "abstract_args_from", "build_parser", "describe_op", "import_module", "main", "module_ops", "parse_shape"]
 
 
 class CliError(Exception):
@@ -431,33 +432,102 @@ def _bind(fn: Callable[..., Any], values: dict[str, Any], target: str) -> tuple[
     return positional, keyword
 
 
-def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+def _resolve(spec: str, what: str, example: str) -> Any:
+    """The object named by ``MODULE:ATTR[.ATTR...]`` (a CliError naming ``what`` otherwise)."""
+    module_spec, sep, attr = spec.rpartition(":")
+    if not sep or not module_spec or not attr:
+        raise CliError(f"{what} {spec!r}: expected MODULE:FUNCTION, e.g. {example}")
+    module = _import_or_error(module_spec)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"{module_spec} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def abstract_args_from(spec: str, fn: Callable[..., Any], target: str) -> dict[str, Any]:
+    """Call ``--abstract MODULE:make_args`` and name its results after ``fn``'s parameters.
+
+    ``make_args()`` takes no arguments and returns the abstract arguments:
+    a tuple (or list) of positional arguments, a dict of arguments by
+    parameter name, or one value (the first positional argument).  Values may
+    be ``jax.ShapeDtypeStruct`` s, pytrees of them, or Equinox Modules built
+    with ``eqx.filter_eval_shape`` (their arrays are abstract, their other
+    fields static).
+
+    >>> # def make_args():
+    >>> #     model = eqx.filter_eval_shape(eqx.nn.MLP, 4, 2, 8, 2, key=jax.random.PRNGKey(0))
+    >>> #     return model, jax.ShapeDtypeStruct((4,), jnp.float32)
+    """
+    maker = _resolve(spec, "--abstract", "model.py:make_args")
+    if not callable(maker):
+        raise CliError(f"--abstract {spec}: not callable")
+    try:
+        made = maker()
+    except Exception as e:  # noqa: BLE001 - report the user's error in one line
+        raise CliError(f"--abstract {spec}: calling it raised {type(e).__name__}: {e}") from e
+    if isinstance(made, dict):
+        return dict(made)
+    positional = list(made) if isinstance(made, (tuple, list)) else [made]
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as e:
+        raise CliError(
+            f"--abstract {spec}: cannot read the parameters of {target}; return a dict of arguments by name"
+        ) from e
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) > len(names):
+        raise CliError(
+            f"--abstract {spec} returned {len(positional)} positional arguments, but {target} takes "
+            f"{len(names)} ({', '.join(names) or 'none'})"
+        )
+    return dict(zip(names, positional))
+
+
+def _merge_values(abstract: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    both = sorted(set(abstract) & set(values))
+    if both:
+        raise CliError(f"parameter(s) {', '.join(both)} given both by --abstract and by --shape/--arg")
+    return {**abstract, **values}
+
+
+def _gradient(fn: Callable[..., Any], first: Any, target: str) -> tuple[Callable[..., Any], str]:
+    """``jax.grad(fn)``, or ``eqx.filter_grad(fn)`` when the first argument has non-array leaves (a Module)."""
     import jax
 
+    if all(hasattr(v, "shape") and hasattr(v, "dtype") for v in jax.tree_util.tree_leaves(first)):
+        return jax.grad(fn), f"jax.grad({target})"
+    try:
+        import equinox as eqx
+    except ImportError as e:
+        raise CliError(
+            f"{target}: --grad with a first argument that has non-array leaves needs equinox (eqx.filter_grad)"
+        ) from e
+    return eqx.filter_grad(fn), f"eqx.filter_grad({target})"
+
+
+def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from jaxops.plan import plan
 
     target = args.target
-    module_spec, sep, fn_name = target.rpartition(":")
-    if not sep or not module_spec or not fn_name:
-        raise CliError(f"plan target {target!r}: expected MODULE:FUNCTION, e.g. examples/mlp_ops.py:loss")
-    module = _import_or_error(module_spec)
-    fn: Any = module
-    for part in fn_name.split("."):
-        if not hasattr(fn, part):
-            raise CliError(f"{module_spec} has no attribute {fn_name!r}")
-        fn = getattr(fn, part)
+    fn = _resolve(target, "plan target", "examples/mlp_ops.py:loss")
     if not callable(fn):
         raise CliError(f"{target} is not callable")
     values = build_abstract_args(args.shape or (), args.arg or ())
+    if args.abstract:
+        values = _merge_values(abstract_args_from(args.abstract, fn, target), values)
     positional, keyword = _bind(fn, values, target)
-    planned = jax.grad(fn) if args.grad else fn
-    if args.grad and not positional:
-        raise CliError(f"{target}: --grad differentiates the first positional parameter; give it a --shape")
+    planned, title = fn, target
+    if args.grad:
+        if not positional:
+            raise CliError(f"{target}: --grad differentiates the first positional parameter; give it a --shape")
+        planned, title = _gradient(fn, positional[0], target)
     try:
         result = plan(planned, *positional, **keyword)
     except Exception as e:  # noqa: BLE001 - report the user's error in one line
         raise CliError(f"planning {target} raised {type(e).__name__}: {e}") from e
-    print(f"plan of {'jax.grad(' + target + ')' if args.grad else target}", file=out)
+    print(f"plan of {title}", file=out)
     print(result.table(jax=args.jax) if hasattr(result, "table") else str(result), file=out)
     summary = getattr(result, "summary", None)
     if callable(summary):
@@ -505,7 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="an array parameter, e.g. x=b,128:float32 (symbolic dims allowed; params.w=... nests a dict)",
     )
     p.add_argument("--arg", action="append", metavar="NAME=VALUE", help="a non-array parameter (Python literal)")
-    p.add_argument("--grad", action="store_true", help="plan jax.grad(FUNCTION) instead")
+    p.add_argument(
+        "--abstract", metavar="MODULE:MAKE_ARGS",
+        help="a function returning the abstract arguments (a tuple, a dict by name, or one value; e.g. "
+        "eqx.filter_eval_shape(...) Modules and jax.ShapeDtypeStructs); --shape/--arg fill the rest",
+    )
+    p.add_argument(
+        "--grad", action="store_true",
+        help="plan jax.grad(FUNCTION) instead (eqx.filter_grad when the first argument is a Module)",
+    )
     p.add_argument(
         "--jax", choices=("line", "per-primitive", "none"), default="line",
         help="how plain JAX primitives outside ops are shown (default: one line)",

@@ -34,6 +34,8 @@ from jaxops import host as _host
 from jaxops import profiles
 from jaxops import registry as _registry
 from jaxops._binding import Binder, is_array
+from jaxops.plan import is_planning as _is_planning
+from jaxops.plan import trace_through_fake as _trace_through_fake
 from jaxops.registry import _KEY
 from jaxops.schema import FunctionSchema, parse_schema
 
@@ -281,6 +283,16 @@ class CustomOp:
             return f
 
         return inner if fn is None else inner(fn)
+
+    @property
+    def has_registered_fake(self) -> bool:
+        """True when a fake was registered (``register_fake``); a fake derived from annotations does not count.
+
+        :func:`jaxops.plan` traces a traceable op through this fake instead of its body.
+
+        >>> # op.has_registered_fake  -> False until @op.register_fake
+        """
+        return self._fake is not None
 
     def register_autograd(
         self, backward: Callable[..., Any], /, *, setup_context: Callable[..., Any] | None = None
@@ -778,6 +790,11 @@ def _run_kernels_plain(op: CustomOp, values: list[Any]) -> Any:
         vals = args.rebuild(operands)
         if kernel.host:
             return run_host_traced(op, kernel, vals)
+        if op.has_registered_fake and _is_planning():  # jaxops.plan: the fake stands in for the body
+            return _trace_through_fake(
+                op, kernel, vals, operands,
+                lambda *xs: op.check_outputs(op.call_kernel(kernel.fn, args.rebuild(xs))),
+            )
         return op.check_outputs(op.call_kernel(kernel.fn, vals))
 
     return op.kernels.select_traced(op.name, run, tuple(args.leaves))

@@ -516,10 +516,13 @@ PLANNING: list[Cell] = [
         return x + h
 
     def model(params, tokens):
-        x = embed(params["embed"], tokens)
-        for p in params["blocks"]:
-            x = block(p, x)
-        return linear(layer_norm(x, params["ln_f"]), params["head"])
+        with jax.named_scope("embed"):
+            x = embed(params["embed"], tokens)
+        for i, p in enumerate(params["blocks"]):
+            with jax.named_scope(f"block {i}"):
+                x = block(p, x)
+        with jax.named_scope("head"):
+            return linear(layer_norm(x, params["ln_f"]), params["head"])
 
     def sds(*shape, dtype=jnp.bfloat16):
         return jax.ShapeDtypeStruct(shape, dtype)
@@ -568,22 +571,19 @@ PLANNING: list[Cell] = [
     ## Activation memory per layer
 
     To plot, plan once more at concrete sizes (batch 8, 1024 tokens; plans are cheap and cached).
-    Records come in program order: the embedding, then 8 op calls per block, then the final norm
-    and head.
+    `model` runs each part under a `jax.named_scope`, so every record carries its `"scope"` and
+    `plan.by_scope()` groups them per layer (Equinox modules get such scopes for free).
     """),
     code("""
     concrete = jaxops.plan(model, params, jax.ShapeDtypeStruct((8, 1024), jnp.int32))
-    records = [r for r in concrete.records if r.get("depth", 0) == 0]
-    per_block = 8
-    assert len(records) == 1 + LAYERS * per_block + 2, len(records)
+    layers = concrete.by_scope()
 
     def out_bytes(rs):
-        return sum(o.size * o.dtype.itemsize for r in rs for o in r["outputs"])
+        return sum(o.size * o.dtype.itemsize for r in rs if r["depth"] == 0 for o in r["outputs"])
 
-    labels = ["embed"] + [f"block {i}" for i in range(LAYERS)] + ["head"]
-    mib = [out_bytes(records[:1]) / 2**20]
-    mib += [out_bytes(records[1 + i * per_block: 1 + (i + 1) * per_block]) / 2**20 for i in range(LAYERS)]
-    mib += [out_bytes(records[-2:]) / 2**20]
+    labels = list(layers)
+    assert labels == ["embed"] + [f"block {i}" for i in range(LAYERS)] + ["head"], labels
+    mib = [out_bytes(layers[name]) / 2**20 for name in labels]
     for name, m in zip(labels, mib):
         print(f"{name:<9} {m:8.1f} MiB")
     """),
@@ -600,7 +600,9 @@ PLANNING: list[Cell] = [
     ax1.set_ylabel("op output activations (MiB)")
     ax1.set_title("per layer, batch 8 x 1024 tokens, bf16")
     ax2.plot(seq_lens, block_mib, marker="o")
-    ax2.set_xscale("log", base=2)
+    ax2.set_xlim(0, seq_lens[-1] * 1.05)  # linear axes from 0: a straight line through 0 is linear growth
+    ax2.set_ylim(0, block_mib[-1] * 1.1)
+    ax2.set_xticks(seq_lens[1:])
     ax2.set_xlabel("sequence length")
     ax2.set_ylabel("one block's op outputs (MiB)")
     ax2.set_title("one block vs sequence length (batch 8)")
@@ -612,7 +614,8 @@ PLANNING: list[Cell] = [
     print(dict(zip(seq_lens, [round(m, 1) for m in block_mib])))
     """),
     md("""
-    Op outputs of a block grow linearly in the sequence length (the `s x s` attention scores live
+    Op outputs of a block grow linearly in the sequence length (a straight line through the origin on
+    these linear axes; the `s x s` attention scores live
     *inside* the attention op, and their FLOPs show as the `s^2` term above). The head's logits,
     `[b, s, 32000]`, dominate.
 
@@ -628,6 +631,46 @@ PLANNING: list[Cell] = [
     grad_plan = jaxops.plan(jax.grad(loss), params, tokens)
     print(len(plan.records), "forward op calls;", len(grad_plan.records), "with the backward")
     print("gradient FLOPs:", grad_plan.totals["flops"])
+    phases = [r["phase"] for r in grad_plan.records]
+    print(phases.count("forward"), "forward and", phases.count("backward"), "backward records")
+    """),
+    md("""
+    ## Memory over the program
+
+    `plan.peak_bytes` is a liveness estimate: the arguments stay live, each step allocates its
+    outputs (plus the temporaries inside an op's body) while its inputs are still live, and a
+    value is freed after its last use. `plan.memory_timeline()` gives the live bytes at every
+    step, forward and backward. Symbolically the peak is a formula (for a `grad` plan an upper
+    bound: per monomial, the largest coefficient of the steps' peaks):
+    """),
+    code("""
+    print("symbolic peak of the gradient:", grad_plan.peak_bytes)
+    concrete_grad = jaxops.plan(jax.grad(loss), params, jax.ShapeDtypeStruct((8, 1024), jnp.int32))
+    timeline = concrete_grad.memory_timeline()
+    peak = max(timeline, key=lambda t: t["live_bytes"])
+    print(f"peak live bytes {concrete_grad.peak_bytes / 2**30:.1f} GiB at step {peak['step']} "
+          f"of {len(timeline)} ({peak['phase']}, {peak['scope'] or 'top level'}: {peak['primitive']})")
+
+    fig, ax = plt.subplots(figsize=(11, 3.5))
+    for phase, color in (("forward", "tab:blue"), ("backward", "tab:orange")):
+        steps = [t["step"] for t in timeline if t["phase"] == phase]
+        gib = [t["live_bytes"] / 2**30 for t in timeline if t["phase"] == phase]
+        ax.plot(steps, gib, ".-", color=color, label=phase, markersize=3)
+    ax.axhline(concrete_grad.peak_bytes / 2**30, color="gray", linestyle="--", linewidth=1, label="peak_bytes")
+    ax.set_xlabel("program step (top-level equation)")
+    ax.set_ylabel("live buffers (GiB)")
+    ax.set_ylim(0, None)
+    ax.set_title("jax.grad(loss), batch 8 x 1024 tokens: live bytes per step")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    display(Image(data=buf.getvalue()))
+    """),
+    md("""
+    Activations pile up through the forward pass and are freed as the backward pass consumes
+    them, while the parameter gradients accumulate; the peak sits where the two meet.
     """),
 ]
 

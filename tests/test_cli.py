@@ -141,7 +141,7 @@ def test_plan_symbolic_batch() -> None:
     assert rc == 0
     assert lines[0] == f"plan of {MLP}:loss"
     header = lines[1].split()
-    assert header == ["#", "op", "inputs", "outputs", "calls", "bytes", "flops"]
+    assert header == ["#", "op", "inputs", "outputs", "calls", "bytes", "flops", "phase", "scope"]
     rows = [ln.split() for ln in lines if ln.split() and ln.split()[0].isdigit()]
     assert [r[1] for r in rows] == ["mlp::linear", "mlp::relu", "mlp::linear", "mlp::log_softmax"]
     assert rows[0][2:6] == ["f32[b,16]", "f32[16,32]", "f32[32]", "f32[b,32]"]
@@ -225,3 +225,89 @@ def test_python_dash_m_help() -> None:
     assert proc.stdout.startswith("usage: jaxops ")
     for cmd in ("list", "check", "plan", "demo"):
         assert f"    {cmd} " in proc.stdout
+
+
+EQX_MODULE = '''
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+def make_model():
+    return eqx.nn.MLP(4, 2, 8, depth=2, key=jax.random.PRNGKey(0))
+
+
+model = make_model()
+
+
+def loss(model, x):
+    return jnp.sum(jax.vmap(model)(x))
+
+
+def make_args():
+    return eqx.filter_eval_shape(make_model), jax.ShapeDtypeStruct((16, 4), jnp.float32)
+
+
+def make_x():
+    return {"x": jax.ShapeDtypeStruct((4,), jnp.float32)}
+
+
+def make_three():
+    return 1, 2, 3
+
+
+def make_broken():
+    raise KeyError("no such checkpoint")
+'''
+
+
+@pytest.fixture()
+def eqx_module(tmp_path: Path) -> str:
+    pytest.importorskip("equinox")
+    path = tmp_path / "cli_eqx_model.py"
+    path.write_text(EQX_MODULE)
+    return str(path)
+
+
+def _scopes(lines: list[str]) -> list[str]:
+    return [ln.split()[-1] for ln in lines if "(jax:" in ln and ln.split()[-1].startswith("eqx.")]
+
+
+def test_plan_equinox_module_with_abstract_args(eqx_module: str) -> None:
+    rc, lines = run(["plan", f"{eqx_module}:loss", "--abstract", f"{eqx_module}:make_args"])
+    assert rc == 0, lines
+    assert lines[0] == f"plan of {eqx_module}:loss"
+    assert _scopes(lines).count("eqx.nn.MLP/eqx.nn.Linear") == 3  # one line per layer
+    assert lines[-1].startswith(f"parameters {4 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2}; ")
+
+
+def test_plan_grad_of_equinox_module_uses_filter_grad(eqx_module: str) -> None:
+    rc, lines = run(["plan", f"{eqx_module}:loss", "--grad", "--abstract", f"{eqx_module}:make_args"])
+    assert rc == 0, lines
+    assert lines[0] == f"plan of eqx.filter_grad({eqx_module}:loss)"
+    backward = [ln for ln in lines if "(jax:" in ln and "backward" in ln.split()]
+    assert any(ln.split()[-1] == "eqx.nn.MLP/eqx.nn.Linear" for ln in backward)
+
+
+def test_plan_module_instance_with_keyword_abstract_args(eqx_module: str) -> None:
+    rc, lines = run(["plan", f"{eqx_module}:model", "--abstract", f"{eqx_module}:make_x"])
+    assert rc == 0, lines
+    assert _scopes(lines).count("eqx.nn.MLP/eqx.nn.Linear") == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--abstract", "{m}:make_x", "--shape", "x=4"], "parameter(s) x given both by --abstract and by --shape/--arg"),
+        (["--abstract", "{m}:make_three"], "--abstract {m}:make_three returned 3 positional arguments, but {m}:model takes 1 (x)"),
+        (["--abstract", "{m}:make_broken"], "--abstract {m}:make_broken: calling it raised KeyError: 'no such checkpoint'"),
+        (["--abstract", "{m}:nothing"], "has no attribute 'nothing'"),
+        (["--abstract", "make_x"], "--abstract 'make_x': expected MODULE:FUNCTION"),
+    ],
+)
+def test_plan_abstract_errors(
+    eqx_module: str, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _ = run(["plan", f"{eqx_module}:model", *[e.format(m=eqx_module) for e in extra]])
+    assert rc == 2
+    assert message.format(m=eqx_module) in capsys.readouterr().err

@@ -84,5 +84,8 @@ def test_planning_executes() -> None:
     assert "planned 99 op calls" in text
     assert "block 11     192.0 MiB" in text
     assert "99 forward op calls; 198 with the backward" in text
+    assert "99 forward and 99 backward records" in text
+    assert "symbolic peak of the gradient: 1104*b*s^2 + 1054380*b*s + 10*s^2 + 585575424" in text
+    assert "peak live bytes 16.2 GiB at step 164 of 289 (backward" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 1
+    assert len(images) == 2  # per layer / per sequence length, and memory over the program
