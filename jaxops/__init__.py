@@ -41,8 +41,8 @@ from jaxops.profiles import (
 from jaxops.registry import OpOverloadPacket, ops
 from jaxops.samples import register_sample_inputs, sample_inputs
 from jaxops.schema import FunctionSchema, parse_schema
-
-__version__ = "0.1.0"
+from jaxops.tags import Tag
+from jaxops.version import __version__ as __version__
 
 __all__ = [
     "CustomOp",
@@ -53,6 +53,7 @@ __all__ = [
     "OpProfile",
     "OpOverloadPacket",
     "Plan",
+    "Tag",
     "TensorMetadata",
     "autograd_fallback_mode",
     "compile_counter",
