@@ -309,10 +309,6 @@ def _is_python_scalar(x: Any) -> bool:
     return isinstance(x, (bool, int, float, complex))
 
 
-def _tree_shapes(tree: Any) -> list[tuple[tuple[Any, ...], Any]]:
-    return [(tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(tree)]
-
-
 # ------------------------------------------------------------------------------ checks
 def _check_schema(case: _Case, rtol: float | None, atol: float | None) -> None:
     op = case.op

@@ -255,6 +255,15 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
         guard = f"{n} is not None and " if t.optional else ""
         if p.kind == "tensor":
             checks.append(f"    if {guard}type({n}) not in _jx_ARR: {n} = _jx_c{i}({n})")
+        elif p.kind == "tensor_list" and t.list_size is None:  # a list of exact arrays passes as is
+            checks += [
+                f"    if {guard}type({n}) is not list: {n} = _jx_c{i}({n})",
+                f"    elif {n} is not None:" if t.optional else "    else:",
+                f"        for _jx_e in {n}:",
+                "            if type(_jx_e) not in _jx_ARR:",
+                f"                {n} = _jx_c{i}({n})",
+                "                break",
+            ]
         elif p.kind == "static" and t.base in _EXACT and not t.is_list:
             env[f"_jx_t{i}"] = _EXACT[t.base]
             checks.append(f"    if {guard}type({n}) is not _jx_t{i}: {n} = _jx_c{i}({n})")
