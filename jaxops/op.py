@@ -18,10 +18,13 @@ store through the definition; calls go straight to the pipeline's entry.
 
 from __future__ import annotations
 
+import inspect
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, overload
 
 from jaxops import annotations, dispatch, fake, registry, sharding
+from jaxops.binding import MISSING
 from jaxops.definition import (
     RESERVED_NAMESPACES,
     OpDefinition,
@@ -128,8 +131,21 @@ class CustomOp:
         return registry.lookup, (self.name,)
 
     # ------------------------------------------------------------------- calling
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._pipeline.entry(*args, **kwargs)
+    #: ``op(*args, **kwargs)`` runs the pipeline's entry (the generated hot path or the
+    #: general one).  A property, read in C, so the call reaches the entry with the
+    #: caller's arguments as they are: no extra Python frame, no repacking.
+    __call__ = property(operator.attrgetter("_pipeline.entry"), doc="Call the op: ``op(x, y, alpha=2.0)``.")
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The op's call signature, from its schema (``inspect.signature(op)``)."""
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return inspect.Signature([
+            inspect.Parameter(
+                p.name, kinds[p.kwarg_only], default=inspect.Parameter.empty if p.default is MISSING else p.default
+            )
+            for p in self.definition.binder.params
+        ])
 
     def active_fake(self) -> Callable[..., Any] | None:
         """The fake used for shape evaluation: profiles override, then registered, then derived."""

@@ -206,8 +206,7 @@ def _fast_path_applies(d: OpDefinition) -> bool:
         and not ks[0][1].host
         and not d.mutated_args
         and not d.scalar_returns
-        # one plain array argument guarantees leaves (no factory call)
-        and any(p.kind == "tensor" and not p.type.optional for p in params)
+        and any(p.is_array for p in params)
         and all(p.name.isidentifier() and not keyword.iskeyword(p.name) and not p.name.startswith("_jx")
                 for p in params)
     )
@@ -269,6 +268,12 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
             checks.append(f"    if {guard}type({n}) is not _jx_t{i}: {n} = _jx_c{i}({n})")
         else:
             checks.append(f"    {n} = _jx_c{i}({n})")
+    if not any(p.kind == "tensor" and not p.type.optional for p in params):
+        # no argument guarantees an array: a call with none (None, empty lists) is a
+        # factory call, for the general path
+        has_leaves = " or ".join(_has_leaves_expr(p) for p in params if p.is_array)
+        checks += [f"    if not ({has_leaves}):", "        return _jx_slow((), _jx_pick({"
+                   + ", ".join(f"{p.name!r}: {p.name}" for p in params) + "}, {}))"]
     required = [p.name for p in params if p.default is MISSING]
     positional = [p.name for p in params if not p.kwarg_only]
     kwonly_names = [p.name for p in params if p.kwarg_only]
@@ -299,6 +304,15 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
     fn.__code__ = code
     fn.__name__ = fn.__qualname__ = d.name
     return fn
+
+
+def _has_leaves_expr(p: Any) -> str:
+    """Python source that is true when the (checked) value of ``p`` holds an array."""
+    if p.kind == "tensor":
+        return f"{p.name} is not None"
+    if p.type.elem_optional:
+        return f"({p.name} is not None and any(e is not None for e in {p.name}))"
+    return f"bool({p.name})"
 
 
 def _pick(named: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -184,3 +184,10 @@ def test_ops_pickle_by_name_and_are_not_swapped_classes():
         return x + 2
 
     assert pickle.loads(copy) is f2  # by name: the op registered now
+
+
+def test_signature_comes_from_the_schema():
+    import inspect
+
+    op = jaxops.define("t_sig::f", "(Tensor x, float alpha=1.0, *, SymInt n=2) -> Tensor")
+    assert str(inspect.signature(op)) == "(x, alpha=1.0, *, n=2)"
