@@ -443,3 +443,38 @@ def test_an_op_that_becomes_untraceable_leaves_the_hot_path():
     np.testing.assert_allclose(pos(jnp.array([1.0, -2.0])), [1.0])
     pos.register_kernel(None, lambda x: x * 2)  # a registration starts over
     assert pos._pipeline.entry != pos._pipeline.slow_entry
+
+
+# ------------------------------------------ the cache key: registrations and global modes
+# ------------------------------------------------------------ autograd fallback
+@pytest.fixture
+def hsin_no_formula():
+    @jaxops.custom_op("t_k::hsin_no_formula", mutates_args=(), host=True)
+    def hsin_no_formula(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    hsin_no_formula.register_fake(lambda x: x)
+    return hsin_no_formula
+
+
+def test_mode_change_retraces_an_already_jitted_function(hsin_no_formula):
+    f = jax.jit(jax.grad(lambda x: hsin_no_formula(x).sum()))
+    with jaxops.autograd_fallback_mode("nothing"):
+        np.testing.assert_allclose(f(X), jnp.zeros_like(X))
+    with jaxops.autograd_fallback_mode("error"):
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            f(X)
+
+
+def test_mode_set_inside_a_jitted_step_does_not_retrace_every_call(hsin_no_formula):
+    traces = []
+
+    @jax.jit
+    def step(x):
+        traces.append(1)
+        with jaxops.autograd_fallback_mode("nothing"):
+            return jax.grad(lambda a: hsin_no_formula(a).sum())(x)
+
+    for _ in range(5):
+        step(X)
+    assert len(traces) <= 2  # modes enter the cache key by value: leaving one restores it
