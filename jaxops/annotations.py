@@ -142,13 +142,13 @@ class _Sig:
 def _signature(op: Any, fn: Callable[..., Any]) -> _Sig | None:
     import typing
 
-    from jaxops.inference import _Resolver
+    from jaxops.inference import AnnotationResolver
 
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    resolve = _Resolver(fn)
+    resolve = AnnotationResolver(fn)
 
     def res(a: Any) -> Any:
         try:

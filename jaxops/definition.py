@@ -297,9 +297,6 @@ class OpDefinition:
         self.sharding_rule = rule
         self.changed()
 
-    def set_tags(self, tags: Any) -> None:
-        self.tags = normalize_tags(self.name, tags)
-
     # ------------------------------------------------------------ call helpers
     def split(self, values: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """``(arrays, statics)`` of schema-ordered values."""
