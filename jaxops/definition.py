@@ -81,6 +81,11 @@ def normalize_mutates_args(qualname: str, mutates_args: Any) -> str | frozenset[
 
 
 def check_vmap_method(qualname: str, vmap_method: str | None) -> str | None:
+    """``vmap_method`` if it is one of ``jax.pure_callback``'s, else ``ValueError`` naming the op.
+
+    >>> check_vmap_method("mylib::foo", "expand_dims")
+    'expand_dims'
+    """
     if vmap_method is not None and vmap_method not in VMAP_METHODS:
         raise ValueError(
             f"{qualname}: vmap_method must be one of 'sequential', 'sequential_unrolled', "
@@ -90,7 +95,11 @@ def check_vmap_method(qualname: str, vmap_method: str | None) -> str | None:
 
 
 def check_kwarg_only_tensors(qualname: str, schema: FunctionSchema) -> None:
-    """Keyword-only Tensor parameters must be mutated (``def f(x, *, out)`` with ``mutates_args={"out"}``)."""
+    """Keyword-only Tensor parameters must be mutated (``def f(x, *, out)`` with ``mutates_args={"out"}``).
+
+    >>> from jaxops.schema import parse_schema
+    >>> check_kwarg_only_tensors("mylib::f", parse_schema("(Tensor x, *, Tensor(a1!) out) -> ()"))
+    """
     mutated = set(schema.mutated_arg_names)
     for a in schema.arguments:
         if a.kwarg_only and a.type.base == "Tensor" and a.name not in mutated:
@@ -102,6 +111,11 @@ def check_kwarg_only_tensors(qualname: str, schema: FunctionSchema) -> None:
 
 
 def check_schema_mutation(qualname: str, schema: FunctionSchema, mutates: str | frozenset[str]) -> None:
+    """An explicit schema's mutated arguments must be ``mutates_args`` (``ValueError`` naming the op).
+
+    >>> from jaxops.schema import parse_schema
+    >>> check_schema_mutation("mylib::f", parse_schema("(Tensor(a0!) x) -> ()"), frozenset({"x"}))
+    """
     declared = set(schema.mutated_arg_names)
     if mutates == "unknown":
         expected = {a.name for a in schema.arguments if a.type.base == "Tensor"}
@@ -115,6 +129,11 @@ def check_schema_mutation(qualname: str, schema: FunctionSchema, mutates: str | 
 
 
 def python_parameter_names(fn: Callable[..., Any]) -> list[str] | None:
+    """The names of ``fn``'s parameters (``*args``/``**kwargs`` left out); None if it has no signature.
+
+    >>> python_parameter_names(lambda x, *rest, y=1: x)
+    ['x', 'y']
+    """
     try:
         return [
             n for n, p in inspect.signature(fn).parameters.items()
@@ -202,7 +221,10 @@ class OpDefinition:
 
     # --------------------------------------------------------------- signalling
     def subscribe(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` after every change of this definition."""
+        """Call ``fn()`` after every change of this definition (the pipeline rebuilds itself).
+
+        >>> # definition.subscribe(pipeline.rebuild)
+        """
         self._subscribers.append(fn)
 
     def changed(self) -> None:
