@@ -97,6 +97,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ eager
     def slow_entry(self, *args: Any, **kwargs: Any) -> Any:
+        """The general entry (ops with no hot path, or after the op-by-op fallback)."""
         return self.slow_call(args, kwargs)
 
     def slow_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
