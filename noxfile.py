@@ -41,8 +41,9 @@ def notebooks(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("-e", ".", "ruff", "import-linter")
     session.run("ruff", "check", "jaxops", "custom_vjp", "tests", "bench", "examples", "notebooks", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session

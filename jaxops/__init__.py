@@ -43,8 +43,8 @@ from jaxops.registry import OpOverloadPacket, ops
 from jaxops.repro import generate_repro
 from jaxops.samples import register_sample_inputs, sample_inputs
 from jaxops.schema import FunctionSchema, parse_schema
-
-__version__ = "0.1.0"
+from jaxops.tags import Tag
+from jaxops.version import __version__ as __version__
 
 __all__ = [
     "CustomOp",
@@ -55,6 +55,7 @@ __all__ = [
     "OpProfile",
     "OpOverloadPacket",
     "Plan",
+    "Tag",
     "TensorMetadata",
     "autograd_fallback_mode",
     "compile_counter",

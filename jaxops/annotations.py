@@ -136,19 +136,19 @@ class _Sig:
         self.ints = ints  # int parameter name -> index
         self.returns = returns
         self.returns_tuple = returns_tuple
-        self.array_idx = [i for i, p in enumerate(op._binder.params) if p.is_array]
+        self.array_idx = [i for i, p in enumerate(op.binder.params) if p.is_array]
 
 
 def _signature(op: Any, fn: Callable[..., Any]) -> _Sig | None:
     import typing
 
-    from jaxops.inference import _Resolver
+    from jaxops.inference import AnnotationResolver
 
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    resolve = _Resolver(fn)
+    resolve = AnnotationResolver(fn)
 
     def res(a: Any) -> Any:
         try:
@@ -156,7 +156,7 @@ def _signature(op: Any, fn: Callable[..., Any]) -> _Sig | None:
         except Exception:  # noqa: BLE001 - unresolvable annotations carry no shapes
             return None
 
-    by_name = {p.name: p.index for p in op._binder.params}
+    by_name = {p.name: p.index for p in op.binder.params}
     params: list[tuple[int, str, ArraySpec]] = []
     ints: dict[str, int] = {}
     for name, p in sig.parameters.items():
@@ -382,12 +382,12 @@ def derive_fake(op: Any, fn: Callable[..., Any]) -> Callable[..., Any] | None:
     The fake takes the op's arguments (abstract arrays) and returns
     ``jax.ShapeDtypeStruct`` s; it also checks the shapes (``TypeError``).
 
-    >>> # op._derived_fake(jax.ShapeDtypeStruct((2, 3), "float32"), ...)
+    >>> # op.definition.derived_fake(jax.ShapeDtypeStruct((2, 3), "float32"), ...)
     """
     sig = _signature(op, fn)
     if sig is None or not _derivable(sig):
         return None
-    binder = op._binder
+    binder = op.binder
     n_pos = binder.n_positional
     kw_names = [p.name for p in binder.params[n_pos:]]
     returns = sig.returns

@@ -1,6 +1,7 @@
 """Autograd for ops: ``register_autograd`` and the fallback for host ops.
 
-``op.register_autograd(backward, setup_context=...)`` is built on
+:func:`stage` is the outermost traced stage.  ``op.register_autograd(backward,
+setup_context=...)`` (stored on the definition as an ``AutogradInfo``) is built on
 :class:`custom_vjp.Function`: the op's forward becomes the Function's forward,
 the user's ``setup_context``/``backward`` become its own, so ctx handling,
 gradient normalisation and forward mode are shared with ``custom_vjp``.
@@ -18,20 +19,20 @@ the op.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax._src import core
 from jax.custom_derivatives import SymbolicZero
 
+from custom_vjp.rules import LinRule, lin_aval, linear_call, make_function, set_static, zeros_of
 from jaxops import registry as _registry
+from jaxops.definition import AutogradInfo, OpDefinition
 
-if TYPE_CHECKING:
-    from jaxops.op import CustomOp
+Stage = Callable[[list[Any]], Any]
 
 _MODES = ("warn", "nothing", "error")
 _fallback_mode = ["warn"]
@@ -72,20 +73,25 @@ def autograd_fallback_mode(mode: str) -> Iterator[None]:
         set_autograd_fallback_mode(previous)
 
 
-# --------------------------------------------------------------------- entry point
-def apply(op: CustomOp, values: list[Any]) -> Any:
-    """Run ``op`` under tracing with the right differentiation behaviour."""
-    from jaxops.op import run_kernels
+# --------------------------------------------------------------------- the stage
+def stage(defn: OpDefinition, inner: Stage) -> Stage:
+    """``inner`` with the op's differentiation behaviour.
 
-    if op._autograd is not None:
-        return _apply_registered(op, values)
-    if op.kernels.any_host:
-        return _apply_host_fallback(op, values)
-    return run_kernels(op, values)
+    A registered formula makes it a ``custom_vjp.Function``; a host op with no
+    formula gets the fallback (a zero derivative that applies the fallback mode);
+    a traceable op is differentiated by JAX through ``inner``.
+
+    >>> # run = autograd.stage(defn, vmap.stage(defn, ...))
+    """
+    if defn.autograd is not None:
+        return lambda values: _apply_registered(defn, inner, values)
+    if defn.kernels.any_host:
+        return lambda values: _apply_host_fallback(defn, inner, values)
+    return inner
 
 
 # ------------------------------------------------------------ host op, no formula
-def _fallback_fires(op: CustomOp) -> None:
+def _fallback_fires(op: OpDefinition) -> None:
     mode = get_autograd_fallback_mode()
     if mode == "nothing":
         return
@@ -105,7 +111,7 @@ def _fallback_fires(op: CustomOp) -> None:
     )
 
 
-def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
+def _apply_host_fallback(op: OpDefinition, inner: Stage, values: list[Any]) -> Any:
     """A host op with no formula: a zero derivative whose rules apply the fallback mode.
 
     A ``custom_jvp`` whose output tangent is the linear primitive of :func:`custom_vjp.rules.linear_call`
@@ -114,17 +120,14 @@ def _apply_host_fallback(op: CustomOp, values: list[Any]) -> Any:
     mode) both apply the fallback mode and give zeros, while a symbolic-zero
     cotangent (an unused output) never reaches the rule.
     """
-    from custom_vjp.rules import LinRule, lin_aval, linear_call, zeros_of
-    from jaxops.op import ArrayLeaves, run_kernels
-
-    args = ArrayLeaves(op, values)
+    args = op.leaves(values)
     leaves = args.leaves
     if not leaves:
-        return run_kernels(op, values)
+        return inner(values)
 
     @jax.custom_jvp
     def call(*flat: Any) -> Any:
-        return run_kernels(op, args.rebuild(flat))
+        return inner(args.rebuild(flat))
 
     def jvp(primals: Any, tangents: Any) -> Any:
         # The primal through ``call`` again: differentiating this rule (hessian) gives zero too.
@@ -165,55 +168,6 @@ def _is_float(x: Any) -> bool:
 
 
 # ----------------------------------------------------------- registered formulas
-class _Registered:
-    __slots__ = ("backward", "setup_context", "setup_arity", "where")
-
-    def __init__(self, backward: Callable[..., Any], setup_context: Callable[..., Any] | None, where: str) -> None:
-        self.backward = backward
-        self.setup_context = setup_context
-        self.setup_arity = _arity(setup_context) if setup_context is not None else 0
-        self.where = where
-
-
-def _arity(fn: Callable[..., Any]) -> int:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 3
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
-        return 3
-    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
-def register_autograd(
-    op: CustomOp, backward: Callable[..., Any], /, *, setup_context: Callable[..., Any] | None = None
-) -> None:
-    """Register ``backward`` (and optionally ``setup_context``) for ``op``.
-
-    ``setup_context(ctx, inputs, output)`` (or ``(ctx, inputs, keyword_only_inputs, output)``)
-    runs once per forward under differentiation; ``backward(ctx, *grads)`` returns one
-    gradient per positional input.
-
-    >>> # op.register_autograd(lambda ctx, g: 2 * g)
-    """
-    from jaxops.dispatch import caller_location
-
-    if not callable(backward):
-        raise TypeError(f"{op.name}: register_autograd expects a callable backward, got {type(backward).__name__}")
-    if setup_context is not None and not callable(setup_context):
-        raise TypeError(
-            f"{op.name}: register_autograd(setup_context=...) expects a callable, got {type(setup_context).__name__}"
-        )
-    if setup_context is not None and _arity(setup_context) not in (3, 4):
-        raise TypeError(
-            f"{op.name}: setup_context must take (ctx, inputs, output) or "
-            "(ctx, inputs, keyword_only_inputs, output)"
-        )
-    op._autograd = _Registered(backward, setup_context, caller_location(3))
-    op._rebuild()
-    op._autograd_fns = {}
-
-
 class _CtxView:
     """The ctx the user's callbacks see: the Function ctx with per-parameter ``needs_input_grad``."""
 
@@ -232,19 +186,15 @@ class _CtxView:
         setattr(object.__getattribute__(self, "_ctx"), name, value)
 
 
-def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
-    cache = getattr(op, "_autograd_fns", None)
-    if cache is None:
-        cache = op._autograd_fns = {}
-    cls = cache.get(struct)
+def _function_class(op: OpDefinition, inner: Stage, struct: tuple[Any, ...]) -> type:
+    cache = op.cache.setdefault("autograd", {})
+    key = struct  # one stage chain per definition state: the cache is emptied on change
+    cls = cache.get(key)
     if cls is not None:
         return cls
-    from custom_vjp.rules import make_function, set_static
-    from jaxops.op import run_kernels
-
-    reg: _Registered = op._autograd
-    params = op._binder.params
-    n_pos = op._binder.n_positional
+    reg: AutogradInfo = op.autograd  # type: ignore[assignment]
+    params = op.binder.params
+    n_pos = op.binder.n_positional
     kw_names = [p.name for p in params[n_pos:]]
 
     def unflatten(flat: tuple[Any, ...]) -> list[Any]:
@@ -272,7 +222,7 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
         return tuple(out)
 
     def forward(*flat: Any) -> Any:
-        return run_kernels(op, unflatten(flat))
+        return inner(unflatten(flat))
 
     def setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         needs = per_param_needs(tuple(getattr(ctx, "needs_input_grad", ())))
@@ -325,27 +275,27 @@ def _function_class(op: CustomOp, struct: tuple[Any, ...]) -> type:
         return tuple(flat)
 
     cls = make_function(op.name, forward=forward, setup_context=setup, backward=backward)
-    cache[struct] = cls
+    cache[key] = cls
     return cls
 
 
-def _apply_registered(op: CustomOp, values: list[Any]) -> Any:
+def _apply_registered(op: OpDefinition, inner: Stage, values: list[Any]) -> Any:
     flat: list[Any] = []
     struct: list[Any] = []
-    for p, v in zip(op._binder.params, values):
+    for p, v in zip(op.binder.params, values):
         if p.kind == "tensor_list" and v is not None:
             struct.append(len(v))
             flat.extend(v)
         else:
             struct.append(None)
             flat.append(v)
-    cls = _function_class(op, tuple(struct))
+    cls = _function_class(op, inner, tuple(struct))
     return cls.apply(*flat)
 
 
 __all__ = [
     "autograd_fallback_mode",
     "get_autograd_fallback_mode",
-    "register_autograd",
     "set_autograd_fallback_mode",
+    "stage",
 ]

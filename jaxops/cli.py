@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TextIO
 
+from jaxops.describe import describe_op
+
 __all__ = ["CliError", "abstract_args_from", "build_parser", "describe_op", "import_module", "main", "module_ops", "parse_shape"]
 
 
@@ -103,7 +105,7 @@ def module_ops(module: ModuleType) -> list[Any]:
     """The ops a module defines, sorted by name.
 
     Those are the ``CustomOp`` attributes of the module and every registered op
-    whose definition site (``op._where``) is in the module's file; an op that
+    whose definition site (``op.definition.where``) is in the module's file; an op that
     was redefined under the same name is reported as the registered one.
     """
     from jaxops import registry
@@ -117,7 +119,7 @@ def module_ops(module: ModuleType) -> list[Any]:
     if file:
         path = os.path.abspath(file)
         for op in registry.all_ops():
-            if _where_file(str(getattr(op, "_where", ""))) == path:
+            if _where_file(str(getattr(getattr(op, "definition", None), "where", ""))) == path:
                 found[op.name] = op
     current = []
     for name, op in found.items():
@@ -129,80 +131,6 @@ def module_ops(module: ModuleType) -> list[Any]:
 
 
 # ------------------------------------------------------------------------ list
-def _kernels(op: Any) -> list[tuple[str, str, str]]:
-    """``(device, "host"|"traceable", where)`` per registered kernel."""
-    table = getattr(op, "kernels", None)
-    try:
-        items = list(table.items()) if table is not None else []
-    except Exception:  # noqa: BLE001 - report what can be read
-        items = []
-    out = []
-    for device, kernel in items:
-        label = "host" if getattr(kernel, "host", False) else "traceable"
-        out.append((str(device), label, str(getattr(kernel, "where", "?"))))
-    return out
-
-
-def _any_host(op: Any) -> bool:
-    return any(label == "host" for _, label, _ in _kernels(op))
-
-
-def describe_op(op: Any) -> dict[str, str]:
-    """What is registered for ``op``: ``name``, ``schema``, ``kernels``, ``fake``, ``autograd``, ``vmap``.
-
-    Each value is a short human-readable string; "derived" entries say where the
-    behaviour comes from when nothing is registered (annotations, JAX tracing
-    the body, a per-example loop).  Attributes are read defensively, so ops from
-    older or newer jaxops versions still describe.
-    """
-    host = _any_host(op)
-    kernels = ", ".join(f"{dev}: {label}" for dev, label, _ in _kernels(op)) or "none"
-
-    fake_reg = getattr(op, "_fake", None)
-    if fake_reg is not None:
-        where = fake_reg[1] if isinstance(fake_reg, tuple) and len(fake_reg) > 1 else "?"
-        fake = f"registered ({where})"
-    elif getattr(op, "_derived_fake", None) is not None:
-        fake = "derived (jaxtyping annotations)"
-    elif not host:
-        fake = "derived (JAX traces the body)"
-    else:
-        fake = "missing (tracing this host op raises; add register_fake)"
-
-    grad_reg = getattr(op, "_autograd", None)
-    if grad_reg is not None:
-        autograd = f"registered ({getattr(grad_reg, 'where', '?')})"
-    elif not host:
-        autograd = "derived (JAX differentiates the body)"
-    else:
-        autograd = "none (a host op: the autograd fallback mode decides: warn/nothing/error)"
-
-    if getattr(op, "_vmap_rule", None) is not None:
-        vmap = "registered (register_vmap rule)"
-    elif getattr(op, "vmap_method", None):
-        vmap = f"vmap_method={op.vmap_method!r}"
-    elif not host:
-        vmap = "derived (JAX batches the body)"
-    else:
-        vmap = "derived (one kernel call per example)"
-
-    extra = []
-    if getattr(op, "_sharding_rule", None) is not None:
-        extra.append("sharding rule")
-    mutated = sorted(getattr(op, "mutated_args", ()) or ())
-    if mutated:
-        extra.append("mutates " + ", ".join(mutated))
-    return {
-        "name": str(getattr(op, "name", "?")),
-        "schema": str(getattr(op, "schema", "?")),
-        "kernels": kernels,
-        "fake": fake,
-        "autograd": autograd,
-        "vmap": vmap,
-        "other": "; ".join(extra),
-    }
-
-
 def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     from jaxops import registry
 

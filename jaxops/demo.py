@@ -369,7 +369,7 @@ def run(*, steps: int = 40, progress: bool = True, out: TextIO | None = None, se
     ops = define_ops()
     seconds["define"] = time.perf_counter() - t
     say("== 1. ops ==")
-    from jaxops.cli import describe_op
+    from jaxops.describe import describe_op
 
     for op in ops.all_ops():
         d = describe_op(op)

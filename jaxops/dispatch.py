@@ -18,9 +18,6 @@ import jax
 import jax.extend.core
 from jax.interpreters import mlir
 
-#: Platform keys a kernel can be registered for (``"default"`` = every platform).
-PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-
 _ALIASES = {
     "cpu": ("cpu",),
     "gpu": ("cuda", "rocm"),
@@ -71,7 +68,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: Modules whose frames are registration plumbing, never the user's line.
 _PLUMBING = frozenset(
     os.path.join(_PACKAGE_DIR, f"{m}.py")
-    for m in ("op", "library", "registry", "dispatch", "fake", "autograd", "vmap", "sharding", "annotations", "legacy")
+    for m in ("op", "definition", "library", "registry", "dispatch", "fake", "autograd", "vmap", "sharding", "annotations", "legacy")
 )
 
 
@@ -214,6 +211,32 @@ def resolve_device(op_name: str, device: Any) -> jax.Device:
             raise RuntimeError(f"{op_name}: device {device!r} is not available ({len(devices)} {name} devices)")
         return devices[idx]
     raise TypeError(f"{op_name}: expected a jax.Device or a device string like 'cpu', got {type(device).__name__}")
+
+
+def platform_of_leaves(leaves: Sequence[Any]) -> str:
+    """Platform key of the first committed ``jax.Array`` among ``leaves`` (else the default device's)."""
+    for v in leaves:
+        if isinstance(v, jax.Array):
+            try:
+                devs = v.devices()
+            except Exception:  # noqa: BLE001 - deleted/donated arrays: fall back to default
+                continue
+            for d in devs:
+                return platform_of_device(d)
+    return platform_of_device(jax.devices()[0])
+
+
+def device_of_leaves(leaves: Sequence[Any]) -> Any:
+    """The single device of the first single-device ``jax.Array`` among ``leaves``, or None."""
+    for v in leaves:
+        if isinstance(v, jax.Array):
+            try:
+                devs = list(v.devices())
+            except Exception:  # noqa: BLE001
+                continue
+            if len(devs) == 1:
+                return devs[0]
+    return None
 
 
 class KernelTable:
@@ -402,3 +425,15 @@ def _bind_branch(run: Callable[[Kernel, tuple[Any, ...]], Any], kernel: Kernel) 
 
     return branch
 
+
+__all__ = [
+    "Kernel",
+    "KernelTable",
+    "caller_location",
+    "device_of_leaves",
+    "normalize_device_types",
+    "platform_of_device",
+    "platform_of_leaves",
+    "resolve_device",
+    "source_location",
+]

@@ -56,8 +56,10 @@ from jax import export
 from jax._src import core as _core
 from jax.interpreters import batching, mlir
 
+from jaxops import host as _host
+
 if TYPE_CHECKING:
-    from jaxops.op import CustomOp
+    from jaxops.definition import OpDefinition
 
 # The symbolic scope used for the dynamic sizes of the fake being evaluated:
 # a one-element list (filled by the first size when no input dim is symbolic).
@@ -141,7 +143,7 @@ class _Call:
 
     __slots__ = ("op", "kernel", "values", "array_idx", "treedef", "out_tree")
 
-    def __init__(self, op: CustomOp, kernel: Any, values: list[Any], array_idx: list[int], treedef: Any, out_tree: Any) -> None:
+    def __init__(self, op: OpDefinition, kernel: Any, values: list[Any], array_idx: list[int], treedef: Any, out_tree: Any) -> None:
         self.op = op
         self.kernel = kernel
         self.values = [None if i in array_idx else v for i, v in enumerate(values)]
@@ -173,14 +175,12 @@ def _abstract_eval(*avals: Any, call: _Call, out_avals: tuple[Any, ...]) -> list
 
 
 def _impl(*operands: Any, call: _Call, out_avals: tuple[Any, ...]) -> list[Any]:
-    from jaxops import host as _host
-
     arrs = jax.tree_util.tree_unflatten(call.treedef, [np.asarray(o) for o in operands])
     vals = list(call.values)
     for i, a in zip(call.array_idx, arrs):
         vals[i] = a
-    pos, kw = call.op._binder.split_call(vals)
-    out = call.op.check_outputs(_host.call_kernel_eager(call.op.name, call.kernel.fn, pos, kw))
+    pos, kw = call.op.binder.split_call(vals)
+    out = call.op.check_outputs(_host.call_kernel_eager(call.op.name, call.kernel.fn, pos, kw), host=True)
     leaves, _ = _host.conform_outputs(call.op.name, out, list(out_avals))
     return [jax.numpy.asarray(a) for a in leaves]
 
@@ -202,7 +202,7 @@ mlir.register_lowering(data_dependent_p, _lowering)
 batching.primitive_batchers[data_dependent_p] = _batching
 
 
-def data_dependent_call(op: CustomOp, kernel: Any, values: list[Any], out_shapes: Any) -> Any:
+def data_dependent_call(op: OpDefinition, kernel: Any, values: list[Any], out_shapes: Any) -> Any:
     """Bind a host kernel whose fake asked for dynamic sizes (under tracing).
 
     ``out_shapes`` are the fake's ShapeDtypeStructs (with symbolic dims); the
@@ -210,9 +210,8 @@ def data_dependent_call(op: CustomOp, kernel: Any, values: list[Any], out_shapes
 
     >>> # out = dynamic.data_dependent_call(op, kernel, values, out_shapes)
     """
-    params = op._binder.params
-    array_idx = [i for i, p in enumerate(params) if p.is_array]
-    flat, treedef = jax.tree_util.tree_flatten([values[i] for i in array_idx])
+    args = op.leaves(values)
+    array_idx, flat, treedef = op.array_idx, args.leaves, args.treedef
     out_leaves, out_tree = jax.tree_util.tree_flatten(out_shapes)
     out_avals = tuple(_core.ShapedArray(tuple(s.shape), s.dtype) for s in out_leaves)
     call = _Call(op, kernel, values, array_idx, treedef, out_tree)

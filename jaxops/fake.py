@@ -7,6 +7,11 @@ ops need one to be traced (it gives ``pure_callback`` its result shapes);
 traceable ops are traced through their body instead.
 
 Inside a fake, :func:`get_ctx` gives access to data-dependent output sizes.
+
+:func:`active_fake` picks the fake of an op definition (a hook override such as
+served profiles, then the registered fake, then the one derived from
+annotations) and :func:`abstract_eval` evaluates it, cached per abstract
+signature.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jaxops import dynamic, hooks, registry
+
+if TYPE_CHECKING:
+    from jaxops.definition import OpDefinition
 
 
 class FakeImplCtx:
@@ -42,21 +51,6 @@ class FakeImplCtx:
         :func:`jaxops.plan` the size is a symbolic dimension; under ``jax.jit``
         the op raises ``RuntimeError`` (data-dependent).
         """
-        if not isinstance(min, (int, np.integer)) or isinstance(min, bool):
-            raise TypeError(f"{self._op_name}: new_dynamic_size(min=...) must be an int, got {type(min).__name__}")
-        if min < 0:
-            raise ValueError(
-                f"{self._op_name}: new_dynamic_size(min={min}): min must be greater than or equal to 0"
-            )
-        if max is not None:
-            if not isinstance(max, (int, np.integer)) or isinstance(max, bool):
-                raise TypeError(
-                    f"{self._op_name}: new_dynamic_size(max=...) must be an int or None, got {type(max).__name__}"
-                )
-            if max < min:
-                raise ValueError(f"{self._op_name}: new_dynamic_size(min={min}, max={max}): max must be >= min")
-        from jaxops import dynamic
-
         size = dynamic.new_symbolic_size(self._op_name, len(self.dynamic_sizes), min, max)
         self.dynamic_sizes.append(size)
         return size
@@ -105,7 +99,7 @@ def to_abstract(x: Any) -> Any:
     return x
 
 
-def _materialize(out: Any) -> Any:
+def materialize(out: Any) -> Any:
     """Turn ShapeDtypeStructs returned by a fake into traced zeros of that shape."""
 
     def leaf(v: Any) -> Any:
@@ -137,4 +131,69 @@ def run_fake(
     return out, list(ctx.dynamic_sizes)
 
 
-__all__ = ["FakeImplCtx", "get_ctx", "run_fake", "to_abstract"]
+def active_fake(defn: OpDefinition) -> Callable[..., Any] | None:
+    """The fake used for shape evaluation: a hook override, then the registered, then the derived one."""
+    override = hooks.fake_override(defn)
+    if override is not None:
+        return override
+    if defn.fake is not None:
+        return defn.fake.fn
+    return defn.derived_fake
+
+
+def _normalize_fake_out(out: Any) -> Any:
+    def leaf(v: Any) -> Any:
+        if isinstance(v, bool):
+            return jax.ShapeDtypeStruct((), jnp.bool_)
+        if isinstance(v, int):
+            return jax.ShapeDtypeStruct((), jnp.int32)
+        if isinstance(v, float):
+            return jax.ShapeDtypeStruct((), jnp.float32)
+        return v
+
+    return jax.tree_util.tree_map(leaf, out, is_leaf=lambda v: isinstance(v, jax.ShapeDtypeStruct))
+
+
+def abstract_eval(defn: OpDefinition, values: list[Any]) -> tuple[Any, list[Any]]:
+    """Output ShapeDtypeStructs of a call, from the op's fake (cached per signature).
+
+    Returns ``(outputs, dynamic_sizes)``.
+
+    >>> # out_shapes, dynamic = fake.abstract_eval(op.definition, values)
+    """
+    fake = active_fake(defn)
+    if fake is None:
+        raise RuntimeError(
+            f"{defn.name}: there is no fake impl registered for this op, so it cannot be traced "
+            f"(jit/grad/vmap/eval_shape). Register one with @{defn.opname}.register_fake "
+            f"(or jaxops.register_fake('{defn.name}')) that returns jax.ShapeDtypeStruct(s) of the "
+            "outputs, or annotate the parameters and return with jaxtyping shapes"
+        )
+    arrays, statics = defn.split(values)
+    abstract = jax.tree_util.tree_map(to_abstract, arrays)
+    cache = defn.cache.setdefault("fake", {})
+    key: Any = None
+    try:
+        key = (jax.tree_util.tree_structure(abstract), tuple(
+            (tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(abstract)
+        ), statics, registry.epoch())
+        hash(key)
+    except TypeError:
+        key = None
+    if key is not None and key in cache:
+        return cache[key]
+
+    def run(f: Callable[..., Any]) -> Any:
+        def traced(arrs: Any) -> Any:
+            return materialize(_normalize_fake_out(defn.call_kernel(f, defn.merge(arrs, statics))))
+
+        return jax.eval_shape(traced, abstract)
+
+    with dynamic.symbolic_scope_of(abstract):  # dynamic sizes share the inputs' symbolic scope
+        result = run_fake(defn.name, fake, run)
+    if key is not None:
+        cache[key] = result
+    return result
+
+
+__all__ = ["FakeImplCtx", "abstract_eval", "active_fake", "get_ctx", "materialize", "run_fake", "to_abstract"]

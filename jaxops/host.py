@@ -16,10 +16,12 @@ subclass carrying our message); the process stays usable.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from custom_vjp.rules import vary_to, vma_of
@@ -72,6 +74,60 @@ def prefetch_to_host(leaves: Sequence[Any]) -> None:
     if len(pending) > 1:
         for v in pending:
             v.copy_to_host_async()
+def readonly(x: Any) -> Any:
+    """A read-only NumPy view of an array leaf (what a host kernel gets for an input it must not write)."""
+    a = np.asarray(x)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def check_no_alias(op_name: str, out: Any, inputs: Any, advice: str = "return a copy, e.g. x.copy()") -> None:
+    """``RuntimeError`` when a NumPy output of a host kernel shares memory with a NumPy input."""
+    ins = [a for a in jax.tree_util.tree_leaves(inputs) if isinstance(a, np.ndarray)]
+    if not ins:
+        return
+    for o in jax.tree_util.tree_leaves(out):
+        if isinstance(o, np.ndarray) and any(np.may_share_memory(o, i) and np.shares_memory(o, i) for i in ins):
+            raise RuntimeError(
+                f"{op_name}: an output of the kernel aliases an input; outputs may not alias "
+                f"inputs ({advice})"
+            )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_device_cached(_backend: str) -> Any:
+    return jax.devices()[0]
+
+
+def _default_device() -> Any:
+    """Where ``jnp.asarray`` puts arrays; None when a default device is configured."""
+    if jax.config.jax_default_device is not None:
+        return None
+    return _default_device_cached(jax.default_backend())
+
+
+def place_outputs(out: Any, device: Any) -> Any:
+    """A host kernel's eager NumPy outputs as JAX arrays on ``device`` (None: the default device).
+
+    ``jnp.asarray`` places on the default device and costs about half of
+    ``jax.device_put(v, device)``; the latter is used only for another device.
+    """
+    default = _default_device()
+    if (device is None and default is not None) or (device is not None and device == default):
+
+        def leaf(v: Any) -> Any:
+            return jnp.asarray(v) if isinstance(v, (np.ndarray, np.generic)) else v
+
+    else:
+
+        def leaf(v: Any) -> Any:
+            return jax.device_put(v, device) if isinstance(v, (np.ndarray, np.generic)) else v
+
+    if isinstance(out, np.ndarray):
+        return leaf(out)
+    return jax.tree_util.tree_map(leaf, out)
 
 
 def call_kernel_eager(
@@ -156,13 +212,34 @@ def make_callback(
     return callback
 
 
+def pure_callback(
+    op_name: str,
+    body: Callable[..., Any],
+    result_shapes: Any,
+    operands: Sequence[Any],
+    vmap_method: str | None,
+) -> Any:
+    """The one ``pure_callback`` wiring: ``body(*numpy_operands)`` checked against ``result_shapes``.
+
+    Results vary over the mesh axes the operands vary over (see :func:`callback_results`).
+    """
+    method = vmap_method or "sequential"
+    callback = make_callback(op_name, body, result_shapes, vmap_method=method)
+    out = jax.pure_callback(callback, result_shapes, *operands, vmap_method=method)
+    return callback_results(out, operands)
+
+
 __all__ = [
     "HostKernelError",
     "call_kernel_eager",
     "callback_results",
+    "check_no_alias",
     "conform_outputs",
     "make_callback",
     "prefetch_to_host",
+    "place_outputs",
+    "pure_callback",
+    "readonly",
     "reraise_naming_op",
     "to_numpy",
 ]

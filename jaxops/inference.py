@@ -30,7 +30,9 @@ import jaxtyping
 import numpy as np
 
 from jaxops import types as jtypes
-from jaxops.schema import _DTYPE_NAMES, FunctionSchema, _render_string, parse_schema
+from jaxops.schema import DTYPE_NAMES as _DTYPE_NAMES
+from jaxops.schema import FunctionSchema, parse_schema
+from jaxops.schema import render_string as _render_string
 
 __all__ = ["infer_function_schema", "infer_schema"]
 
@@ -210,6 +212,10 @@ class _Resolver:
                 "must be importable at module scope."
             ) from None
         return self(value)
+
+
+#: Public name of the annotation resolver (jaxops.annotations reads shapes with it).
+AnnotationResolver = _Resolver
 
 
 def _param_type(t: Any, resolve: _Resolver) -> str | None:

@@ -21,8 +21,14 @@ from typing import Any
 
 from jaxops import dispatch as _dispatch
 from jaxops import registry as _registry
-from jaxops.op import RESERVED_NAMESPACES, CustomOp, parse_qualname
+from jaxops.definition import RESERVED_NAMESPACES, check_kwarg_only_tensors, parse_qualname
+from jaxops.op import CustomOp
 from jaxops.schema import parse_schema
+from jaxops.tags import Tag
+
+#: ``alias_analysis`` values accepted by :meth:`Library.define` (PyTorch's; jaxops
+#: always reads aliasing and mutation from the schema).
+_ALIAS_ANALYSIS = ("", "FROM_SCHEMA")
 
 _KINDS = ("DEF", "FRAGMENT", "IMPL")
 _DEFINED_BY_DEF: dict[str, weakref.ref[Library]] = {}
@@ -69,10 +75,14 @@ class Library:
         if self._destroyed:
             raise RuntimeError(f"Library('{self.ns}', '{self.kind}') was destroyed")
 
-    def define(self, schema: str, *, alias_analysis: str = "", tags: Sequence[Any] = ()) -> str:
+    def define(self, schema: str, *, alias_analysis: str = "", tags: Sequence[Tag] | Tag = ()) -> str:
         """Define an op from a schema string ``"name(Tensor x, int y=2) -> Tensor"``.
 
-        Returns the qualified name.
+        Returns the qualified name.  ``tags`` (:class:`jaxops.Tag` members) are stored on
+        ``op.tags``; ``alias_analysis`` may be ``""`` or ``"FROM_SCHEMA"`` (aliasing and
+        mutation always come from the schema).
+
+        >>> # lib.define("twice(Tensor x) -> Tensor", tags=(jaxops.Tag.pointwise,))
         """
         self._check_alive()
         if self.kind == "IMPL":
@@ -86,10 +96,14 @@ class Library:
                 f"Library.define: schema name {fs.name!r} is not in this library's namespace '{self.ns}'"
             )
         qualname = f"{self.ns}::{name}"
-        from jaxops.op import _check_kwarg_only_tensors
-
-        _check_kwarg_only_tensors(qualname, fs)
-        op = CustomOp(qualname, fs, where=_dispatch.caller_location())
+        if alias_analysis not in _ALIAS_ANALYSIS:
+            raise ValueError(
+                f"{qualname}: Library.define(alias_analysis={alias_analysis!r}) is not supported; "
+                "jaxops reads aliasing and mutation from the schema (use '' or 'FROM_SCHEMA' and "
+                "mark mutated arguments as Tensor(a!) in the schema)"
+            )
+        check_kwarg_only_tensors(qualname, fs)
+        op = CustomOp(qualname, fs, where=_dispatch.caller_location(), tags=tags)
         _registry.register(op)
         self._defined.append((qualname, op.overload_name))
         return qualname
@@ -103,9 +117,20 @@ class Library:
         host: bool = False,
         with_keyset: bool = False,
     ) -> None:
-        """Register ``fn`` as the kernel of ``op_name`` for ``dispatch_key``."""
+        """Register ``fn`` as the kernel of ``op_name`` for ``dispatch_key``.
+
+        ``with_keyset=True`` (PyTorch passes the kernel a DispatchKeySet) is rejected:
+        jaxops has no dispatch key sets.
+
+        >>> # lib.impl("twice", lambda x: 2 * x, "cpu")
+        """
         self._check_alive()
         op = self._resolve(op_name)
+        if with_keyset:
+            raise NotImplementedError(
+                f"{op.name}: Library.impl(with_keyset=True) is not supported; jaxops kernels take "
+                "the op's arguments only (there is no DispatchKeySet to pass)"
+            )
         key = dispatch_key
         if key == "Meta":
             op.register_fake(fn)
@@ -120,13 +145,10 @@ class Library:
                 f"{op.name}: unknown dispatch key {dispatch_key!r}; use 'cpu', 'gpu' ('cuda', 'rocm'), "
                 "'tpu', 'default', 'Meta' or 'CompositeImplicitAutograd'"
             )
-        keys = _dispatch.normalize_device_types(op.name, device_types)
         fn = _dispatch.bind_to_op(op, fn)
-        kernel = _dispatch.Kernel(fn, bool(host), _dispatch.caller_location())
         # Unlike register_kernel(None), "default" sits below platform kernels instead
         # of replacing them.
-        op.kernels.set(keys, kernel)
-        op._rebuild()
+        op.definition.add_kernel(device_types, fn, host=host, where=_dispatch.caller_location())
         self._kernels.append((op, key, fn))
 
     def _resolve(self, op_name: str | CustomOp) -> CustomOp:
@@ -146,11 +168,9 @@ class Library:
         if self._destroyed:
             return
         for op, _key, fn in self._kernels:
-            op.kernels.remove_where(lambda k, fn=fn: k.fn is fn)
-            op._rebuild()
+            op.definition.remove_kernel(fn)
         for op in self._fakes:
-            op._fake = None
-            op._rebuild()
+            op.definition.clear_fake()
         for qualname, overload in self._defined:
             _registry.unregister(qualname, overload)
         self._kernels.clear()
@@ -172,8 +192,10 @@ def _lib_for(ns: str) -> Library:
     return lib
 
 
-def define(qualname: str, schema: str, *, lib: Library | None = None, tags: Sequence[Any] = ()) -> CustomOp:
+def define(qualname: str, schema: str, *, lib: Library | None = None, tags: Sequence[Tag] | Tag = ()) -> CustomOp:
     """Define an op ``"ns::name"`` from a schema without a name: ``"(Tensor x) -> Tensor"``.
+
+    ``tags`` (:class:`jaxops.Tag` members) are stored on ``op.tags``.
 
     >>> import jaxops
     >>> op = jaxops.define("demo_def::neg", "(Tensor x) -> Tensor")
@@ -182,7 +204,7 @@ def define(qualname: str, schema: str, *, lib: Library | None = None, tags: Sequ
     ns, name = parse_qualname(qualname)
     target = lib if lib is not None else _lib_for(ns)
     full = schema if not schema.lstrip().startswith("(") else f"{name}{schema}"
-    qual = target.define(full)
+    qual = target.define(full, tags=tags)
     return _registry.lookup(qual)
 
 

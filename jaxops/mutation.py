@@ -43,7 +43,7 @@ fake describes the declared return only (not the copy-outs).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,22 +51,15 @@ import numpy as np
 from jax._src import core as _core
 from jax._src.state.discharge import discharge_state
 
-from jaxops import host as _host
-from jaxops import profiles
-from jaxops.op import ArrayLeaves
-
-if TYPE_CHECKING:
-    from jaxops.op import CustomOp
+from jaxops import dispatch, fake, host
+from jaxops.definition import OpDefinition
 
 _Ref: Any = getattr(jax, "Ref", None)
+_ALIAS_ADVICE = "mutated arguments are returned for you: return a copy, e.g. x.copy(), or None"
 
 
 def _is_ref(x: Any) -> bool:
     return _Ref is not None and isinstance(x, _Ref)
-
-
-def _mutated_indices(op: CustomOp) -> list[int]:
-    return [i for i, p in enumerate(op._binder.params) if p.name in op._mutated]
 
 
 def _map_leaves(fn: Callable[[Any], Any], v: Any) -> Any:
@@ -78,176 +71,134 @@ def _map_leaves(fn: Callable[[Any], Any], v: Any) -> Any:
     return fn(v)
 
 
-def _assemble(op: CustomOp, out: Any, new_values: list[Any]) -> Any:
+def _assemble(defn: OpDefinition, out: Any, new_values: list[Any]) -> Any:
     """Apply the return convention: ``new`` or ``(out, new)``."""
     new = new_values[0] if len(new_values) == 1 else tuple(new_values)
-    if not op._fs.returns:
+    if not defn.function_schema.returns:
         return new
     return (out, new)
 
 
-def _new_values_of(op: CustomOp, result: Any) -> list[Any]:
+def _new_values_of(defn: OpDefinition, result: Any) -> list[Any]:
     """The per-mutated-argument new values inside an op's (functionalized) result."""
-    new = result[1] if op._fs.returns else result
-    return [new] if len(_mutated_indices(op)) == 1 else list(new)
+    new = result[1] if defn.function_schema.returns else result
+    return [new] if len(defn.mutated_idx) == 1 else list(new)
 
 
-# --------------------------------------------------------------------- calling
-def call(op: CustomOp, values: list[Any]) -> Any:
-    """Call a mutating op with bound ``values``; write back into any ``jax.Ref`` arguments.
+# ----------------------------------------------------------------- eager stage
+def eager_stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    """Wrap the eager call of a mutating op: ``jax.Ref`` arguments are read, then written back.
 
-    Used by ``CustomOp`` for every call of an op that mutates arguments.
-
-    >>> # out = mutation.call(op, op._binder.bind(args, kwargs))
+    >>> # call = mutation.eager_stage(defn, pure_call); new_x = call(values)
     """
-    params = op._binder.params
-    vals = list(values)
-    refs: list[tuple[int, Any]] = []
-    for i, p in enumerate(params):
-        v = vals[i]
-        if not p.is_array or v is None:
-            continue
-        if p.kind == "tensor_list":
-            if any(_is_ref(e) for e in v):
-                if p.name in op._mutated:
-                    refs.append((i, list(v)))
-                vals[i] = [e[...] if _is_ref(e) else e for e in v]
-        elif _is_ref(v):
-            if p.name in op._mutated:
-                refs.append((i, v))
-            vals[i] = v[...]
-    arrays, statics = op._split(vals)
-    out = op._call(vals, arrays, statics)
-    if profiles._RECORDING:
-        profiles._record_call(op, vals, out)
-    if refs:
-        new = dict(zip(_mutated_indices(op), _new_values_of(op, out)))
-        for i, target in refs:
-            if isinstance(target, list):
-                for e, n in zip(target, new[i]):
-                    if _is_ref(e):
-                        e[...] = n
-            else:
-                target[...] = new[i]
-    return out
+
+    def call(values: list[Any]) -> Any:
+        vals = list(values)
+        refs: list[tuple[int, Any]] = []
+        for i, p in enumerate(defn.binder.params):
+            v = vals[i]
+            if not p.is_array or v is None:
+                continue
+            if p.kind == "tensor_list":
+                if any(_is_ref(e) for e in v):
+                    if i in defn.mutated_idx:
+                        refs.append((i, list(v)))
+                    vals[i] = [e[...] if _is_ref(e) else e for e in v]
+            elif _is_ref(v):
+                if i in defn.mutated_idx:
+                    refs.append((i, v))
+                vals[i] = v[...]
+        out = inner(vals)
+        if refs:
+            new = dict(zip(defn.mutated_idx, _new_values_of(defn, out)))
+            for i, target in refs:
+                if isinstance(target, list):
+                    for e, n in zip(target, new[i]):
+                        if _is_ref(e):
+                            e[...] = n
+                else:
+                    target[...] = new[i]
+        return out
+
+    return call
 
 
 # ------------------------------------------------------------------------ host
-def _readonly(x: Any) -> Any:
-    a = np.asarray(x)
-    if a.flags.writeable:
-        a = a.view()
-        a.flags.writeable = False
-    return a
-
-
-def _host_inputs(op: CustomOp, values: list[Any]) -> tuple[list[Any], list[Any]]:
+def _host_inputs(defn: OpDefinition, values: list[Any]) -> tuple[list[Any], list[Any]]:
     """NumPy arguments for a host kernel: writable copies (mutated) and read-only views."""
     np_values: list[Any] = []
     copies: list[Any] = []
-    for p, v in zip(op._binder.params, values):
+    for i, (p, v) in enumerate(zip(defn.binder.params, values)):
         if not p.is_array:
             np_values.append(v)
-        elif p.name in op._mutated:
+        elif i in defn.mutated_idx:
             c = _map_leaves(lambda a: np.array(a, copy=True), v)
             copies.append(c)
             np_values.append(c)
         else:
-            np_values.append(_map_leaves(_readonly, v))
+            np_values.append(_map_leaves(host.readonly, v))
     return np_values, copies
 
 
-def _check_host_alias(op: CustomOp, out: Any, np_values: list[Any]) -> None:
-    ins = [a for a in jax.tree_util.tree_leaves(np_values) if isinstance(a, np.ndarray)]
-    for o in jax.tree_util.tree_leaves(out):
-        if isinstance(o, np.ndarray) and any(np.shares_memory(o, i) for i in ins):
-            raise RuntimeError(
-                f"{op.name}: an output of the kernel aliases an input; outputs may not alias inputs "
-                "(mutated arguments are returned for you: return a copy, e.g. x.copy(), or None)"
-            )
-
-
-def _run_host(op: CustomOp, kernel: Callable[..., Any], values: list[Any]) -> tuple[Any, list[Any]]:
-    np_values, copies = _host_inputs(op, values)
-    pos, kw = op._binder.split_call(np_values)
-    out = _host.call_kernel_eager(op.name, kernel, pos, kw)
-    out = op.check_outputs(out)
-    _check_host_alias(op, out, np_values)
+def _run_host(defn: OpDefinition, kernel: Callable[..., Any], values: list[Any]) -> tuple[Any, list[Any]]:
+    np_values, copies = _host_inputs(defn, values)
+    pos, kw = defn.binder.split_call(np_values)
+    out = defn.check_outputs(host.call_kernel_eager(defn.name, kernel, pos, kw), host=True)
+    host.check_no_alias(defn.name, out, np_values, _ALIAS_ADVICE)
     return out, copies
 
 
-def call_host_eager(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
+def host_eager(defn: OpDefinition, kernel: dispatch.Kernel, values: list[Any], leaves: list[Any]) -> Any:
     """Eager call of a mutating host kernel on concrete arrays (no JAX tracing).
 
-    >>> # new_x = mutation.call_host_eager(op, op.kernels.for_platform("cpu"), values)
+    >>> # new_x = mutation.host_eager(defn, defn.kernels.for_platform("cpu"), values, leaves)
     """
-    out, copies = _run_host(op, kernel.fn, values)
-    device = None
-    for v in jax.tree_util.tree_leaves(values):
-        if isinstance(v, jax.Array):
-            devs = list(v.devices())
-            if len(devs) == 1:
-                device = devs[0]
-                break
-
-    def leaf(v: Any) -> Any:
-        if isinstance(v, (np.ndarray, np.generic)):
-            return jax.device_put(v, device) if device is not None else jnp.asarray(v)
-        return v
-
-    out = jax.tree_util.tree_map(leaf, out)
-    new = [_map_leaves(leaf, c) for c in copies]
-    return _assemble(op, out, new)
+    out, copies = _run_host(defn, kernel.fn, values)
+    device = dispatch.device_of_leaves(leaves)
+    return _assemble(defn, host.place_outputs(out, device), [host.place_outputs(c, device) for c in copies])
 
 
-def _host_traced(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
+def _host_traced(defn: OpDefinition, kernel: Any, values: list[Any]) -> Any:
     """A mutating host kernel under tracing: one ``pure_callback`` returning result + copy-outs."""
-    if op._fs.returns:
-        declared, dynamic = op.abstract_eval(values)
-        if dynamic:
+    declared = None
+    if defn.function_schema.returns:
+        declared, dynamic_sizes = fake.abstract_eval(defn, values)
+        if dynamic_sizes:
             raise NotImplementedError(
-                f"{op.name}: a mutating op with data-dependent output sizes (new_dynamic_size) "
+                f"{defn.name}: a mutating op with data-dependent output sizes (new_dynamic_size) "
                 "cannot be traced; call it eagerly"
             )
-    else:
-        declared = None
-    mut = _mutated_indices(op)
     copy_shapes = [
-        _map_leaves(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype), values[i]) for i in mut
+        _map_leaves(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype), values[i]) for i in defn.mutated_idx
     ]
-    result_shapes = (declared, copy_shapes)
-    args = ArrayLeaves(op, values)
+    args = defn.leaves(values)
 
     def body(*np_flat: Any) -> Any:
-        return _run_host(op, kernel.fn, args.rebuild(np_flat))
+        return _run_host(defn, kernel.fn, args.rebuild(np_flat))
 
-    method = op.vmap_method or "sequential"
-    callback = _host.make_callback(op.name, body, result_shapes, vmap_method=method)
-    out, new = _host.callback_results(
-        jax.pure_callback(callback, result_shapes, *args.leaves, vmap_method=method), args.leaves
-    )
-    return _assemble(op, out, list(new))
+    out, new = host.pure_callback(defn.name, body, (declared, copy_shapes), args.leaves, defn.vmap_method)
+    return _assemble(defn, out, list(new))
 
 
 # ------------------------------------------------------------------- traceable
-def _traceable(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
+def _traceable(defn: OpDefinition, kernel: Any, values: list[Any]) -> Any:
     """A traceable kernel with ``jax.Ref`` s for the mutated arguments, discharged to pure code."""
-    mut = set(_mutated_indices(op))
-    args = ArrayLeaves(op, values)
+    mut = defn.mutated_idx
+    args = defn.leaves(values)
     flat = args.leaves
     out_tree: list[Any] = []
 
     def stateful(*arrays: Any) -> list[Any]:
         vals = args.rebuild(arrays, lambda i, a: _map_leaves(jax.new_ref, a) if i in mut else a)
-        out = op.check_outputs(op.call_kernel(kernel.fn, vals))
-        inputs = [*arrays, *(r for i in sorted(mut) for r in jax.tree_util.tree_leaves(vals[i]))]
+        out = defn.check_outputs(defn.call_kernel(kernel.fn, vals))
+        inputs = [*arrays, *(r for i in mut for r in jax.tree_util.tree_leaves(vals[i]))]
         for o in jax.tree_util.tree_leaves(out):
             if any(o is x for x in inputs):
                 raise RuntimeError(
-                    f"{op.name}: an output of the kernel is one of its inputs; outputs may not alias "
+                    f"{defn.name}: an output of the kernel is one of its inputs; outputs may not alias "
                     "inputs (mutated arguments are returned for you: return a new array, or None)"
                 )
-        new = [_map_leaves(lambda r: r[...], vals[i]) for i in sorted(mut)]
+        new = [_map_leaves(lambda r: r[...], vals[i]) for i in mut]
         leaves, tree = jax.tree_util.tree_flatten((out, new))
         out_tree.append(tree)
         return [jnp.asarray(x) for x in leaves]
@@ -256,34 +207,24 @@ def _traceable(op: CustomOp, kernel: Any, values: list[Any]) -> Any:
     pure = discharge_state(closed)
     leaves = _core.eval_jaxpr(pure.jaxpr, pure.consts, *flat)
     out, new = jax.tree_util.tree_unflatten(out_tree[-1], leaves[: out_tree[-1].num_leaves])
-    return _assemble(op, out, new)
+    return _assemble(defn, out, new)
 
 
-def _run_plain(op: CustomOp, values: list[Any]) -> Any:
-    args = ArrayLeaves(op, values)
+def runner(defn: OpDefinition) -> Callable[[dispatch.Kernel, list[Any]], Any]:
+    """The kernel runner of a mutating op under tracing (replaces ``kernels.runner``).
 
-    def run(kernel: Any, operands: tuple[Any, ...]) -> Any:
-        vals = args.rebuild(operands)
-        if kernel.host:
-            return _host_traced(op, kernel, vals)
-        return _traceable(op, kernel, vals)
+    It returns the functionalized result: the new values of the mutated
+    arguments, or ``(result, new_values)``.
 
-    return op.kernels.select_traced(op.name, run, tuple(args.leaves))
-
-
-def run_traced(op: CustomOp, values: list[Any]) -> Any:
-    """A mutating op under tracing (called from ``run_kernels``): the functionalized result.
-
-    With a vmap rule the rule batches the functionalized op (it returns what the op
-    returns, e.g. the new value of the mutated argument, and its out_dims).
-
-    >>> # new_x = mutation.run_traced(op, values)
+    >>> # run = kernels.stage(defn, mutation.runner(defn))
     """
-    if op._vmap_rule is not None:
-        from jaxops import vmap
 
-        return vmap.run_with_rule(op, values, _run_plain)
-    return _run_plain(op, values)
+    def run(kernel: dispatch.Kernel, values: list[Any]) -> Any:
+        if kernel.host:
+            return _host_traced(defn, kernel, values)
+        return _traceable(defn, kernel, values)
+
+    return run
 
 
-__all__ = ["call", "call_host_eager", "run_traced"]
+__all__ = ["eager_stage", "host_eager", "runner"]

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxops import registry as _registry
-from jaxops.dispatch import Kernel, source_location
+from jaxops.dispatch import Kernel, platform_of_leaves, source_location
 
 DEFAULT_TEST_UTILS: tuple[str, ...] = (
     "test_schema",
@@ -157,8 +157,8 @@ class _Case:
     def __init__(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         self.op = op
         self.name: str = op.name
-        self.params = op._binder.params
-        self.values: list[Any] = op._binder.bind(tuple(args), dict(kwargs))
+        self.params = op.definition.binder.params
+        self.values: list[Any] = op.definition.binder.bind(tuple(args), dict(kwargs))
         # Inputs become JAX arrays once, so no eager call can mutate the caller's buffers.
         self.values = [
             jax.tree_util.tree_map(jnp.asarray, v) if p.is_array and v is not None else v
@@ -186,7 +186,7 @@ class _Case:
         return [a if p.is_array else v for p, a, v in zip(self.params, arrays, self.values)]
 
     def call_values(self, values: list[Any]) -> Any:
-        pos, kw = self.op._binder.split_call(values)
+        pos, kw = self.op.definition.binder.split_call(values)
         return self.op(*pos, **kw)
 
     def call(self, leaves: Sequence[Any]) -> Any:
@@ -231,9 +231,7 @@ class _Case:
 
     # -- registrations, for messages ---------------------------------------------------
     def kernel(self) -> Kernel | None:
-        from jaxops.op import _platform_of_leaves
-
-        return self.op.kernels.for_platform(_platform_of_leaves(self.leaves))
+        return self.op.kernels.for_platform(platform_of_leaves(self.leaves))
 
     def kernel_label(self) -> str:
         k = self.kernel()
@@ -247,16 +245,16 @@ class _Case:
         return bool(k is not None and k.host)
 
     def fake_label(self) -> str:
-        if self.op._fake is not None:
-            return f"register_fake at {self.op._fake[1]}"
-        if self.op._derived_fake is not None:
+        if self.op.definition.fake is not None:
+            return f"register_fake at {self.op.definition.fake.where}"
+        if self.op.definition.derived_fake is not None:
             return "the fake derived from the jaxtyping annotations (register_fake to override it)"
         if self.is_host:
             return "register_fake (none registered)"
         return f"the kernel at {self.kernel().where} (JAX traces it for shapes)" if self.kernel() else "the kernel"
 
     def autograd_label(self) -> str:
-        reg = self.op._autograd
+        reg = self.op.definition.autograd
         if reg is not None:
             return f"register_autograd at {getattr(reg, 'where', '<unknown>')}"
         if self.is_host:
@@ -264,12 +262,12 @@ class _Case:
         return f"{self.kernel_label()} (JAX differentiates its body; no register_autograd)"
 
     def vmap_label(self) -> str:
-        rule = self.op._vmap_rule
+        rule = self.op.definition.vmap_rule
         if rule is not None:
             return f"register_vmap at {source_location(rule)}"
         if self.is_host:
             method = self.op.vmap_method or "sequential"
-            return f"vmap_method={method!r} of custom_op at {self.op._where} (no register_vmap)"
+            return f"vmap_method={method!r} of custom_op at {self.op.definition.where} (no register_vmap)"
         return f"{self.kernel_label()} (JAX batches its body; no register_vmap)"
 
     def has_dynamic_sizes(self) -> bool:
@@ -327,10 +325,6 @@ def _is_python_scalar(x: Any) -> bool:
     return isinstance(x, (bool, int, float, complex))
 
 
-def _tree_shapes(tree: Any) -> list[tuple[tuple[Any, ...], Any]]:
-    return [(tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(tree)]
-
-
 # ------------------------------------------------------------------------------ checks
 def _check_schema(case: _Case, rtol: float | None, atol: float | None) -> None:
     op = case.op
@@ -362,7 +356,7 @@ def _check_schema(case: _Case, rtol: float | None, atol: float | None) -> None:
             for a, b in zip(jax.tree_util.tree_leaves(now), jax.tree_util.tree_leaves(then)):
                 if not np.array_equal(a, b, equal_nan=True):
                     raise _Failure(
-                        f"the host kernel at {kernel.where} (or mutates_args of custom_op at {op._where})",
+                        f"the host kernel at {kernel.where} (or mutates_args of custom_op at {op.definition.where})",
                         f"Argument {p.name} is not defined as mutable but was mutated by the kernel",
                         f"either declare it, mutates_args={{{p.name!r}}} (the op then returns its new "
                         f"value), or stop writing to it (work on a copy: {p.name} = {p.name}.copy())",
@@ -395,7 +389,7 @@ def _check_autograd_registration(case: _Case, rtol: float | None, atol: float | 
     if not case.differentiable():
         return
     op = case.op
-    if op._autograd is None:
+    if op.definition.autograd is None:
         if case.is_host:
             raise _Failure(
                 "register_autograd (none registered)",
@@ -453,7 +447,7 @@ def _check_faketensor(case: _Case, rtol: float | None, atol: float | None) -> No
     fakes: list[tuple[str, Any]] = []
     try:
         fakes.append(("jax.eval_shape", jax.eval_shape(case.call, case.leaves)))
-        if op._fake is not None and not case.is_host and not op.mutated_args:
+        if op.definition.fake is not None and not case.is_host and not op.mutated_args:
             # A traceable op's own fake is not used for tracing, but plan() and profiles use it.
             fakes.append(("the fake", op.abstract_eval(case.values)[0]))
     except Exception as e:  # noqa: BLE001
@@ -537,7 +531,7 @@ def _check_aot_dispatch_dynamic(case: _Case, rtol: float | None, atol: float | N
             "hidden state or randomness, and a host op's fake must give the kernel's dtype (the "
             "callback casts to it); pass atol=/rtol= if the difference is acceptable rounding",
         ) from err
-    if not case.want_grad or not case.differentiable() or (case.is_host and op._autograd is None):
+    if not case.want_grad or not case.differentiable() or (case.is_host and op.definition.autograd is None):
         return
     fn = case.float_fn()
 
@@ -806,7 +800,7 @@ def _run_gradcheck(
 
 
 def _check_gradcheck(case: _Case, rtol: float | None, atol: float | None) -> None:
-    if not case.differentiable() or (case.is_host and case.op._autograd is None):
+    if not case.differentiable() or (case.is_host and case.op.definition.autograd is None):
         return
     if case.has_dynamic_sizes():
         return

@@ -89,6 +89,7 @@ import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, DropVar, Jaxpr, Literal
 
+from jaxops import hooks as _hooks
 from jaxops import registry as _registry
 
 __all__ = ["Plan", "plan", "register_cost", "is_planning"]
@@ -179,28 +180,30 @@ class _Placeholder:
         return f"<jaxops.plan fake of {self.op_name}>"
 
 
-def trace_through_fake(op: Any, kernel: Any, values: list[Any], operands: tuple[Any, ...],
+def trace_through_fake(defn: Any, kernel: Any, values: list[Any], operands: tuple[Any, ...],
                        body: Callable[..., Any]) -> Any:
     """Under :func:`plan`: the outputs of a traceable op's call, from its registered fake.
 
-    Called by the op's traced kernel dispatch (``jaxops.op``) while
-    :func:`is_planning` and the op :attr:`~jaxops.CustomOp.has_registered_fake`.
-    ``operands`` are the call's array leaves, ``body(*operands)`` runs the
-    kernel.  The fake's shapes come out of a ``pure_callback`` (never run:
-    plans are not compiled), so the body is not traced and its FLOPs are
-    unknown unless :func:`register_cost` gives them.  The body is traced only
-    when the call is differentiated without a registered backward
-    (``jax.grad`` needs the body's derivative: a ``custom_jvp`` whose rule is
-    the body's JVP).  A fake that asks for dynamic sizes gives the
-    data-dependent primitive of :mod:`jaxops.dynamic` instead.
+    Installed as the core's fake tracer (``jaxops.hooks.set_fake_tracer``) while
+    :func:`plan` traces, so the op's traced kernel dispatch calls it for an op
+    with a registered fake.  ``operands`` are the call's array leaves,
+    ``body(*operands)`` runs the kernel.  The fake's shapes come out of a
+    ``pure_callback`` (never run: plans are not compiled), so the body is not
+    traced and its FLOPs are unknown unless :func:`register_cost` gives them.
+    The body is traced only when the call is differentiated without a
+    registered backward (``jax.grad`` needs the body's derivative: a
+    ``custom_jvp`` whose rule is the body's JVP).  A fake that asks for dynamic
+    sizes gives the data-dependent primitive of :mod:`jaxops.dynamic` instead.
 
-    >>> # inside jaxops.op: return trace_through_fake(op, kernel, vals, leaves, run_body)
+    >>> # jaxops.kernels: return hooks.FAKE_TRACER[0](defn, kernel, vals, leaves, run_body)
     """
-    out_shapes, dynamic = op.abstract_eval(values)
-    if dynamic:
-        from jaxops import dynamic as _dyn
+    from jaxops import dynamic as _dyn
+    from jaxops import fake as _fake
 
-        return _dyn.data_dependent_call(op, kernel, values, out_shapes)
+    op = defn
+    out_shapes, dynamic = _fake.abstract_eval(defn, values)
+    if dynamic:
+        return _dyn.data_dependent_call(defn, kernel, values, out_shapes)
     placeholder = _Placeholder(op.name, body)
 
     def primal(*xs: Any) -> Any:
@@ -1240,11 +1243,13 @@ def plan(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Plan:
     _PLANNING[0] += 1
     if _PLANNING[0] == 1:  # op traces made while planning differ (fakes stand in for bodies)
         _registry.set_mode("planning", True)
+        _hooks.set_fake_tracer(trace_through_fake)
     try:
         traced = jax.jit(flat).trace(*arr_in)
     finally:
         _PLANNING[0] -= 1
         if _PLANNING[0] == 0:
+            _hooks.set_fake_tracer(None)
             _registry.set_mode("planning", None)
     closed = traced.jaxpr
     ctx = _Ctx(ops)

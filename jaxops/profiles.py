@@ -32,8 +32,10 @@ otherwise every dimension is a fresh data-dependent size
 Matching: array arguments by rank and dtype (the device is recorded but not
 matched, since abstract values carry no device), other arguments by value.
 
-The op machinery calls two hooks: :func:`_override_fake` (when an op needs its
-fake) and :func:`_record_call` (after every op call while :data:`_RECORDING`).
+This module plugs into the op core through :mod:`jaxops.hooks`: :func:`_override_fake`
+is the fake override (consulted when an op needs its fake) and :func:`_record_call`
+the call recorder (installed while :data:`_RECORDING`); both receive the op's
+definition.
 This module must not import ``jaxops.op`` at module level.
 """
 
@@ -49,6 +51,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from jaxops import hooks
 
 __all__ = [
     "MissingOpProfile",
@@ -277,7 +281,7 @@ def _record_call(op: Any, values: list[Any], out: Any) -> None:
     match no profile raises :class:`MissingOpProfile` here (traceable ops are
     traced through their body, so this is where the check happens for them).
     """
-    params = op._binder.params
+    params = op.binder.params
     if _ACTIVE is not None and _served_profiles(op) is not None and _is_traced(values):
         _match(op, _served_profiles(op), _arg_profile(params, values), values)
     if not _RECORDERS:
@@ -305,6 +309,7 @@ def _is_traced(values: list[Any]) -> bool:
 def _set_recording() -> None:
     global _RECORDING
     _RECORDING = bool(_RECORDERS) or _ACTIVE is not None
+    hooks.set_call_recorder(_record_call if _RECORDING else None)
 
 
 @contextlib.contextmanager
@@ -389,7 +394,7 @@ def _new_size(op: Any, k: int) -> Any:
     try:
         return get_ctx().new_dynamic_size()
     except ImportError:  # data-dependent sizes not available: a plain symbolic size
-        (d,) = jax.export.symbolic_shape(f"{op._opname}_out{k}")
+        (d,) = jax.export.symbolic_shape(f"{op.opname}_out{k}")
         return d
 
 
@@ -424,7 +429,7 @@ def _serve_shape(op: Any, hint: Any, rank: int, shapes: dict[tuple[int, int], tu
 
 
 def _make_fake(op: Any, profs: set[OpProfile]) -> Any:
-    binder = op._binder
+    binder = op.binder
     params = binder.params
     kw_names = [p.name for p in params[binder.n_positional:]]
 
@@ -457,6 +462,9 @@ def _override_fake(op: Any) -> Any:
     if profs is None:
         return None
     return _make_fake(op, profs)
+
+
+hooks.set_fake_override(_override_fake)
 
 
 def _refresh_active() -> None:
@@ -585,7 +593,7 @@ def _dec_hints(h: Any) -> Any:
 def _to_yaml(op_profiles: dict[str, set[OpProfile]]) -> str:
     import yaml
 
-    import jaxops
+    from jaxops.version import __version__
 
     operators: dict[str, Any] = {}
     for name in sorted(op_profiles):
@@ -600,14 +608,14 @@ def _to_yaml(op_profiles: dict[str, set[OpProfile]]) -> str:
                 "dims": _enc_hints(p.dims),
             })
         operators[name] = entries
-    doc = {"version": jaxops.__version__, "format": _FORMAT, "operators": operators}
+    doc = {"version": __version__, "format": _FORMAT, "operators": operators}
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
 
 def _from_yaml(text: str) -> dict[str, set[OpProfile]]:
     import yaml
 
-    import jaxops
+    from jaxops.version import __version__
 
     try:
         doc = yaml.safe_load(text)
@@ -618,7 +626,7 @@ def _from_yaml(text: str) -> dict[str, set[OpProfile]]:
     if not isinstance(doc, dict):
         raise ValueError(f"not a valid op profile file: expected a mapping at top level, got {type(doc).__name__}")
     version = doc.get("version")
-    ours = jaxops.__version__
+    ours = __version__
     fmt = doc.get("format")
     if (
         not isinstance(version, str)

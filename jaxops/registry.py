@@ -12,12 +12,12 @@ cache key so stale traces are never reused.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 
-if TYPE_CHECKING:
-    from jaxops.op import CustomOp
+#: The registry sits below the op classes: it stores any op object (``CustomOp``).
+CustomOp = Any
 
 _OPS: dict[str, dict[str, CustomOp]] = {}
 _EPOCH = [0]  # bumped by every registration
@@ -105,14 +105,12 @@ def namespaces() -> list[str]:
 
 def as_op(op_or_name: Any) -> CustomOp:
     """Resolve an op object, an ``OpOverloadPacket`` or a qualified name to a :class:`CustomOp`."""
-    from jaxops.op import CustomOp
-
-    if isinstance(op_or_name, CustomOp):
-        return op_or_name
     if isinstance(op_or_name, OpOverloadPacket):
         return op_or_name.default
     if isinstance(op_or_name, str):
         return lookup(op_or_name)
+    if callable(op_or_name) and hasattr(op_or_name, "definition"):  # an op (the table holds ops only)
+        return op_or_name
     raise TypeError(f"expected an op or a qualified op name 'ns::name', got {type(op_or_name).__name__}")
 
 
@@ -165,7 +163,7 @@ class OpOverloadPacket:
         errors = []
         for op in ovs.values():
             try:
-                op._binder.bind(args, kwargs)
+                op.definition.binder.bind(args, kwargs)
             except TypeError as e:
                 errors.append(f"  {op.name}{op.schema}: {e}")
                 continue

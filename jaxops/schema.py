@@ -107,6 +107,8 @@ _DTYPE_NAMES: dict[str, str] = {
     "float8_e4m3fnuz": "float8_e4m3fnuz",
     "float8_e5m2fnuz": "float8_e5m2fnuz",
 }
+#: Public name of the dtype spelling table (schema name -> jnp attribute).
+DTYPE_NAMES = _DTYPE_NAMES
 
 # Enum-valued defaults spelled as names in PyTorch schemas (``int reduction=Mean``).
 _INT_ENUM_NAMES: dict[str, int] = {"Mean": 1, "Sum": 2}
@@ -693,6 +695,10 @@ def _render_string(s: str) -> str:
     out = s.replace("\\", "\\\\").replace('"', '\\"')
     out = out.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r").replace("\0", "\\0")
     return f'"{out}"'
+
+
+#: Public name of the string renderer (schema defaults; jaxops.inference uses it).
+render_string = _render_string
 
 
 def _num(node: _Node) -> int | float:

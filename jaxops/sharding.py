@@ -1,4 +1,4 @@
-"""Partitioning rules for ops: ``op.register_sharding(rule)``.
+"""Partitioning rules for ops: ``op.register_sharding(rule)`` and the sharding stage.
 
 Without a rule an op inside a sharded ``jax.jit`` is an ordinary piece of the
 program and XLA's propagation decides how it is split.  With a rule the op is
@@ -10,7 +10,10 @@ dimension: ``"b n, n m -> b m"``.  Factors that appear only in the inputs are
 contracted; they are replicated before the local call, so the local kernel
 computes exact results without any cross-device reduction.  A callable rule
 receives the arguments' shapes and returns such a string (for rank-dependent
-rules).
+rules).  With a mutating op the rule describes what the op returns (the new
+values of the mutated arguments, see ``jaxops.mutation``).  Under ``jax.vmap``
+an op with a vmap rule is batched by that rule (the stage above this one), and
+the rule's own call of the op is partitioned again.
 
 >>> import jax, jaxops
 >>> @jaxops.custom_op("demo_shard::gelu", mutates_args=())
@@ -23,19 +26,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.custom_batching
 from jax.sharding import NamedSharding, PartitionSpec
 
-if TYPE_CHECKING:
-    from jaxops.op import CustomOp
+from jaxops.definition import OpDefinition
 
 _FACTOR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\.\.\.")
 
 
-def _parse_rule(op_name: str, rule: str) -> tuple[list[list[str]], list[list[str]]]:
+def parse_rule(op_name: str, rule: str) -> tuple[list[list[str]], list[list[str]]]:
     if "->" not in rule:
         raise ValueError(f"{op_name}: sharding rule {rule!r} must look like 'b n, n m -> b m'")
     lhs, rhs = rule.split("->", 1)
@@ -64,33 +66,37 @@ def _expand(factors: list[str], rank: int) -> list[str]:
     return factors[:k] + ell + factors[k + 1 :]
 
 
-def register_sharding(op: CustomOp, rule: str | Callable[..., str]) -> None:
-    """Attach a partitioning rule to ``op`` (see the module docstring)."""
-    if op.kernels.any_host:
-        raise ValueError(
-            f"{op.name}: register_sharding needs traceable kernels (a host kernel runs on one "
-            "machine's NumPy arrays and cannot be partitioned)"
-        )
+def check_rule(op_name: str, rule: Any) -> None:
+    """Validate a rule string early (at registration); callables are checked when called."""
     if isinstance(rule, str):
-        _parse_rule(op.name, rule)
-    elif not callable(rule):
-        raise TypeError(f"{op.name}: register_sharding expects a rule string or a callable, got {type(rule).__name__}")
-    op._sharding_rule = rule
-    op._rebuild()
+        parse_rule(op_name, rule)
 
 
-def run_partitioned(op: CustomOp, values: list[Any], run_plain: Callable[[CustomOp, list[Any]], Any]) -> Any:
-    """Run ``op`` through ``custom_partitioning`` with its registered rule."""
+def stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    """``inner`` under ``custom_partitioning`` with the op's rule (``inner`` itself without a rule).
+
+    >>> # run = sharding.stage(defn, kernels.stage(defn, run_kernel))
+    """
+    if defn.sharding_rule is None:
+        return inner
+
+    def run(values: list[Any]) -> Any:
+        return _run_partitioned(defn, values, inner)
+
+    return run
+
+
+def _run_partitioned(op: OpDefinition, values: list[Any], inner: Callable[[list[Any]], Any]) -> Any:
     from jax.experimental.custom_partitioning import custom_partitioning
 
-    params = op._binder.params
+    params = op.binder.params
     idx = [i for i, p in enumerate(params) if p.kind == "tensor" and values[i] is not None]
-    if len(idx) != sum(1 for p in params if p.is_array and values[params.index(p)] is not None):
+    if len(idx) != sum(1 for i, p in enumerate(params) if p.is_array and values[i] is not None):
         raise NotImplementedError(f"{op.name}: register_sharding supports ops whose array arguments are single arrays")
     arrays = [values[i] for i in idx]
-    rule = op._sharding_rule
+    rule = op.sharding_rule
     text = rule if isinstance(rule, str) else rule(*[a.shape for a in arrays])
-    ins, outs = _parse_rule(op.name, text)
+    ins, outs = parse_rule(op.name, text)
     if len(ins) != len(arrays):
         raise ValueError(
             f"{op.name}: sharding rule {text!r} describes {len(ins)} inputs but the op got {len(arrays)} arrays"
@@ -102,7 +108,7 @@ def run_partitioned(op: CustomOp, values: list[Any], run_plain: Callable[[Custom
         vals = list(values)
         for i, a in zip(idx, arrs):
             vals[i] = a
-        return run_plain(op, vals)
+        return inner(vals)
 
     fn = custom_partitioning(local)
 
@@ -160,4 +166,4 @@ def run_partitioned(op: CustomOp, values: list[Any], run_plain: Callable[[Custom
     return partitioned(*arrays)
 
 
-__all__ = ["register_sharding", "run_partitioned"]
+__all__ = ["check_rule", "parse_rule", "stage"]

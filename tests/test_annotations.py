@@ -30,7 +30,7 @@ def matmul():
 
 
 def test_derived_fake_gives_shape_and_float_dtype(matmul):
-    assert matmul._fake is None and matmul._derived_fake is not None
+    assert matmul.definition.fake is None and matmul.definition.derived_fake is not None
     out = jax.eval_shape(matmul, S((2, 3), jnp.float32), S((3, 5), jnp.float32))
     assert out == S((2, 5), jnp.float32)
     out16 = jax.eval_shape(matmul, S((2, 3), jnp.float16), S((3, 5), jnp.float16))
@@ -93,7 +93,7 @@ def test_variadic_fixed_symbolic_broadcast_and_tuple_returns():
         return x[..., :h].copy(), x[..., h:].copy()
 
     # '2*n' cannot bind n by itself: the fake is not derivable, but the call is still checked
-    assert split._derived_fake is None and split._shape_check is not None
+    assert split.definition.derived_fake is None and split.definition.shape_check is not None
 
     @jaxops.custom_op("anntest::halves", mutates_args=(), host=True)
     def halves(x: Float[Array, "*batch n"], y: Float[Array, "*batch 2*n"]) -> tuple[
@@ -126,7 +126,7 @@ def test_variadic_fixed_symbolic_broadcast_and_tuple_returns():
         return x + y
 
     assert jax.eval_shape(ellipsis, S((2, 1), jnp.float32), S((3,), jnp.float32)).shape == (2, 3)
-    assert ellipsis._shape_check is None  # '...' constrains nothing
+    assert ellipsis.definition.shape_check is None  # '...' constrains nothing
 
 
 def test_symbolic_batch_dims_flow_through(matmul):
@@ -140,8 +140,8 @@ def test_no_shapes_means_no_fake_and_no_checker():
     def plain(x: jax.Array) -> jax.Array:
         return x
 
-    assert plain._derived_fake is None and plain._shape_check is None
-    assert annotations.derive_fake(plain, plain._py_fn) is None
+    assert plain.definition.derived_fake is None and plain.definition.shape_check is None
+    assert annotations.derive_fake(plain.definition, plain.definition.py_fn) is None
     with pytest.raises(RuntimeError, match="no fake impl"):
         jax.eval_shape(plain, S((2,), jnp.float32))
 
@@ -149,8 +149,8 @@ def test_no_shapes_means_no_fake_and_no_checker():
     def unbound(x: Float[Array, "n"]) -> Float[Array, "m"]:
         return x
 
-    assert unbound._derived_fake is None  # 'm' is bound by nothing
-    assert unbound._shape_check is not None
+    assert unbound.definition.derived_fake is None  # 'm' is bound by nothing
+    assert unbound.definition.shape_check is not None
 
 
 def test_registered_fake_wins_over_derived():

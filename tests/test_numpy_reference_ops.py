@@ -291,6 +291,6 @@ def test_data_dependent_impossible_transforms_raise(
 def test_every_op_has_samples_fake_autograd_and_vmap() -> None:
     for op in ref.ALL_OPS:
         assert sample_inputs(op), op.name
-        assert op._fake is not None and op._autograd is not None and op._vmap_rule is not None, op.name
+        assert op.definition.fake is not None and op.definition.autograd is not None and op.definition.vmap_rule is not None, op.name
         for args, kwargs in sample_inputs(op):
             op(*args, **kwargs)  # every sample is a valid eager call

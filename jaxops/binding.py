@@ -1,4 +1,4 @@
-"""Argument binding and validation against an op's schema (private).
+"""Argument binding and validation against an op's schema.
 
 The schema, not the Python signature, drives binding, so ops defined from a
 schema string (``Library.define``) and ops defined from a function behave the
@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxops.schema import Argument, FunctionSchema, SchemaType
 
-_MISSING = object()
+MISSING = object()
 
 ARRAY_TYPES: tuple[type, ...] = (jax.Array, np.ndarray)
 _Ref = getattr(jax, "Ref", None)
@@ -24,7 +24,7 @@ if _Ref is not None and isinstance(_Ref, type):
     ARRAY_TYPES = (*ARRAY_TYPES, _Ref)
 
 
-_EXACT_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})
+EXACT_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})
 
 
 def is_array(x: Any) -> bool:
@@ -41,7 +41,7 @@ class Param:
         self.type = arg.type
         self.kwarg_only = arg.kwarg_only
         self.index = index
-        self.default = arg.default_value if arg.default is not None else _MISSING
+        self.default = arg.default_value if arg.default is not None else MISSING
         t = arg.type
         if t.base == "Tensor":
             self.kind = "tensor_list" if t.is_list else "tensor"
@@ -89,7 +89,7 @@ def _elem_checker(op_name: str, name: str, t: SchemaType) -> Callable[[Any], Any
     if base == "Tensor":
 
         def check(v: Any) -> Any:
-            if type(v) in _EXACT_ARRAY_TYPES or isinstance(v, ARRAY_TYPES):
+            if type(v) in EXACT_ARRAY_TYPES or isinstance(v, ARRAY_TYPES):
                 return v
             return fail(v)
 
@@ -226,20 +226,20 @@ class Binder:
                     else ""
                 )
             )
-        values: list[Any] = [_MISSING] * self.n
+        values: list[Any] = [MISSING] * self.n
         for i, v in enumerate(args):
             values[i] = v
         for k, v in kwargs.items():
             p = self.by_name.get(k)
             if p is None:
                 raise TypeError(f"{op}() got an unexpected keyword argument '{k}'")
-            if values[p.index] is not _MISSING:
+            if values[p.index] is not MISSING:
                 raise TypeError(f"{op}() got multiple values for argument '{k}'")
             values[p.index] = v
         out = []
         for p, v in zip(self.params, values):
-            if v is _MISSING:
-                if p.default is _MISSING:
+            if v is MISSING:
+                if p.default is MISSING:
                     raise TypeError(f"{op}() missing required argument '{p.name}'")
                 v = p.default
                 if isinstance(v, list):
@@ -254,4 +254,4 @@ class Binder:
         return pos, kw
 
 
-__all__ = ["ARRAY_TYPES", "Binder", "Param", "is_array"]
+__all__ = ["ARRAY_TYPES", "EXACT_ARRAY_TYPES", "MISSING", "Binder", "Param", "is_array"]

@@ -1,6 +1,8 @@
-"""op.register_autograd (API.md §4): setup_context, backward, both AD modes, transforms."""
+"""jaxops.autograd: register_autograd (API.md §4: setup_context, backward, both AD modes, transforms) and the fallback of host ops with no formula."""
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -188,3 +190,59 @@ def test_registered_backward_overrides_traceable_body():
     ste.register_autograd(lambda ctx, g: g)  # straight-through estimator
     np.testing.assert_allclose(jax.grad(lambda a: ste(a).sum())(X), jnp.ones(3))
     np.testing.assert_allclose(jax.jit(ste)(X), jnp.round(X))
+
+
+# ------------------------------------------------ host op, no formula: the fallback mode
+# ------------------------------------------------------------ autograd fallback
+@pytest.fixture
+def hsin_no_formula():
+    @jaxops.custom_op("t_k::hsin_no_formula", mutates_args=(), host=True)
+    def hsin_no_formula(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    hsin_no_formula.register_fake(lambda x: x)
+    return hsin_no_formula
+
+
+def test_fallback_warn_is_default_and_gives_zero(hsin_no_formula):
+    assert jaxops.get_autograd_fallback_mode() == "warn"
+    with pytest.warns(UserWarning, match="an autograd kernel was not registered") as rec:
+        g = jax.grad(lambda x: (hsin_no_formula(x) + x).sum())(X)
+    assert "t_k::hsin_no_formula" in str(rec[0].message)
+    np.testing.assert_allclose(g, jnp.ones(3))
+
+
+def test_fallback_nothing_and_error(hsin_no_formula):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with jaxops.autograd_fallback_mode("nothing"):
+            np.testing.assert_allclose(jax.grad(lambda x: hsin_no_formula(x).sum())(X), jnp.zeros(3))
+    with jaxops.autograd_fallback_mode("error"):
+        with pytest.raises(RuntimeError, match="no autograd formula") as info:
+            jax.grad(lambda x: hsin_no_formula(x).sum())(X)
+        assert "t_k::hsin_no_formula" in str(info.value)
+    assert jaxops.get_autograd_fallback_mode() == "warn"
+    jaxops.set_autograd_fallback_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            jax.jit(jax.grad(lambda x: hsin_no_formula(x).sum()))(X)
+    finally:
+        jaxops.set_autograd_fallback_mode("warn")
+    with pytest.raises(ValueError, match="fallback mode"):
+        jaxops.set_autograd_fallback_mode("loud")
+
+
+def test_fallback_fires_only_when_gradient_flows(hsin_no_formula):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with jaxops.autograd_fallback_mode("error"):
+            hsin_no_formula(X)
+            jax.jit(hsin_no_formula)(X)
+            # the op's output is unused by the loss: no gradient flows through it
+            jax.grad(lambda x: (x * 2).sum() + 0 * jax.lax.stop_gradient(hsin_no_formula(x)).sum())(X)
+
+            def unused(x):
+                _ = hsin_no_formula(x)
+                return (x**2).sum()
+
+            jax.grad(unused)(X)

@@ -1,4 +1,4 @@
-"""register_vmap: rule signature, in_axes/out_axes, nesting, autograd in both orders, fallbacks."""
+"""jaxops.vmap: register_vmap rules (API.md §5)."""
 
 from __future__ import annotations
 

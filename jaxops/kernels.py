@@ -1,0 +1,83 @@
+"""Running an op's kernels: the innermost traced stage, and the eager host call.
+
+* :func:`stage` is the bottom of every traced pipeline: it picks the kernel for
+  the platform being lowered (``KernelTable.select_traced``) and runs it with a
+  *kernel runner*, :func:`runner` here (a traceable kernel is called, a host
+  kernel goes through ``pure_callback`` with the fake's shapes) or the
+  functionalizing one of ``jaxops.mutation``.
+* :func:`host_eager` calls a host kernel directly on NumPy arrays (no JAX).
+
+>>> # run = kernels.stage(defn, kernels.runner(defn)); out = run(values)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from jaxops import dispatch, dynamic, fake, hooks, host
+from jaxops.definition import OpDefinition
+
+Runner = Callable[[dispatch.Kernel, list[Any]], Any]
+Stage = Callable[[list[Any]], Any]
+
+
+def host_traced(defn: OpDefinition, kernel: dispatch.Kernel, values: list[Any]) -> Any:
+    """A host kernel under tracing: ``pure_callback`` with shapes from the fake."""
+    out_shapes, dynamic_sizes = fake.abstract_eval(defn, values)
+    if dynamic_sizes:
+        return dynamic.data_dependent_call(defn, kernel, values, out_shapes)
+    args = defn.leaves(values)
+
+    def body(*np_flat: Any) -> Any:
+        return defn.check_outputs(defn.call_kernel(kernel.fn, args.rebuild(np_flat)), host=True)
+
+    return host.pure_callback(defn.name, body, out_shapes, args.leaves, defn.vmap_method)
+
+
+def runner(defn: OpDefinition) -> Runner:
+    """Run one kernel under tracing: traceable kernels are called, host kernels called back."""
+
+    def run(kernel: dispatch.Kernel, values: list[Any]) -> Any:
+        if kernel.host:
+            return host_traced(defn, kernel, values)
+        tracer = hooks.FAKE_TRACER[0]
+        if tracer is not None and defn.fake is not None:  # jaxops.plan: the fake stands in for the body
+            args = defn.leaves(values)
+            return tracer(
+                defn, kernel, values, tuple(args.leaves),
+                lambda *xs: defn.check_outputs(defn.call_kernel(kernel.fn, args.rebuild(xs))),
+            )
+        return defn.check_outputs(defn.call_kernel(kernel.fn, values))
+
+    return run
+
+
+def stage(defn: OpDefinition, run_kernel: Runner) -> Stage:
+    """The innermost stage: platform selection (``lax.platform_dependent``) around ``run_kernel``."""
+
+    def run_kernels(values: list[Any]) -> Any:
+        args = defn.leaves(values)
+        return defn.kernels.select_traced(
+            defn.name, lambda kernel, operands: run_kernel(kernel, args.rebuild(operands)), tuple(args.leaves)
+        )
+
+    return run_kernels
+
+
+def host_eager(defn: OpDefinition, kernel: dispatch.Kernel, values: list[Any], leaves: list[Any]) -> Any:
+    """Call a host kernel on concrete arrays: NumPy in, JAX arrays (on the inputs' device) out."""
+    host.prefetch_to_host(leaves)
+    np_values = [
+        jax.tree_util.tree_map(host.to_numpy, v) if p.is_array else v
+        for p, v in zip(defn.binder.params, values)
+    ]
+    pos, kw = defn.binder.split_call(np_values)
+    out = defn.check_outputs(host.call_kernel_eager(defn.name, kernel.fn, pos, kw), host=True)
+    host.check_no_alias(defn.name, out, np_values)
+    return host.place_outputs(out, dispatch.device_of_leaves(leaves))
+
+
+__all__ = ["host_eager", "host_traced", "runner", "stage"]
