@@ -15,7 +15,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["quickstart.ipynb", "porting_from_pytorch.ipynb", "planning.ipynb"]
+NAMES = ["quickstart.ipynb", "porting_from_pytorch.ipynb", "planning.ipynb", "equinox_training.ipynb"]
 
 
 def _build_module() -> ModuleType:
@@ -89,3 +89,13 @@ def test_planning_executes() -> None:
     assert "peak live bytes 16.2 GiB at step 164 of 289 (backward" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2  # per layer / per sequence length, and memory over the program
+
+
+def test_equinox_training_executes() -> None:
+    text = _outputs(_execute("equinox_training.ipynb"))
+    assert "eqxdemo::dense (Tensor x, Tensor w, Tensor b) -> Tensor" in text
+    assert "step traced 1 compiled 1" in text
+    assert "gradients equal the plain twin: True" in text
+    first, last = (float(v) for v in text.split("loss ")[1].split()[0:3:2])
+    assert last < 0.5 * first
+    assert "peak live bytes:" in text
