@@ -192,7 +192,7 @@ class _Resolver:
         self.globals: dict[str, Any] = globs
         self.locals = collections.ChainMap(globs, _FALLBACK_NAMESPACE)
 
-    def __call__(self, t: Any) -> Any:
+    def __call__(self, t: Any, _seen: tuple[str, ...] = ()) -> Any:
         text: str | None = None
         if isinstance(t, str):
             text = t
@@ -200,8 +200,13 @@ class _Resolver:
             text = t.__forward_arg__
         if text is None:
             if typing.get_origin(t) is typing.Annotated:
-                return self(typing.get_args(t)[0])
+                return self(typing.get_args(t)[0], _seen)
             return t
+        if text in _seen:
+            raise _InferError(
+                f"unsupported type annotation {text!r}: it refers to itself "
+                f"({' -> '.join(repr(s) for s in (*_seen, text))}); annotate with a type, e.g. jax.Array"
+            )
         try:
             value = eval(text, self.globals, self.locals)  # noqa: S307 - annotation text
         except Exception as e:  # noqa: BLE001 - any failure means "cannot resolve"
@@ -211,7 +216,7 @@ class _Resolver:
                 "'from __future__ import annotations', every name used in an annotation "
                 "must be importable at module scope."
             ) from None
-        return self(value)
+        return self(value, (*_seen, text))
 
 
 #: Public name of the annotation resolver (jaxops.annotations reads shapes with it).

@@ -578,3 +578,21 @@ def test_module_names_shadow_fallbacks() -> None:
 def test_annotated_is_unwrapped() -> None:
     fn = _sig({"x": typing.Annotated[jax.Array, "meta"]})
     assert infer_schema(fn, mutates_args=()) == "(Tensor x) -> Tensor"
+
+
+_SELF = "_SELF"
+_PING = "_PONG"
+_PONG = "_PING"
+
+
+def test_self_referential_string_annotations_are_a_value_error():
+    def f(x: _SELF) -> jax.Array:
+        return x
+
+    def g(x: "_PING") -> jax.Array:
+        return x
+
+    with pytest.raises(ValueError, match="refers to itself"):
+        jaxops.infer_schema(f, mutates_args=())
+    with pytest.raises(ValueError, match="'_PING' -> '_PONG' -> '_PING'"):
+        jaxops.infer_schema(g, mutates_args=())
