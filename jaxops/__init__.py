@@ -20,6 +20,7 @@ from jaxops.inference import infer_function_schema, infer_schema
 from jaxops.library import (
     Library,
     define,
+    get_kernel,
     impl,
     register_autograd,
     register_fake,
@@ -61,6 +62,7 @@ __all__ = [
     "compile_counter",
     "custom_op",
     "define",
+    "get_kernel",
     "ffi",
     "get_autograd_fallback_mode",
     "get_ctx",

@@ -237,6 +237,7 @@ class OpDefinition:
     # -------------------------------------------------------------------- verbs
     def set_kernel(self, device_types: Any, fn: Callable[..., Any], *, host: bool, where: str) -> None:
         """Register ``fn`` for ``device_types``; ``None`` (every device) replaces all kernels."""
+        dispatch.check_callable(self.name, "register_kernel", "kernel", fn)
         keys = dispatch.normalize_device_types(self.name, device_types)
         if keys == ("default",):
             self.kernels.clear()
@@ -245,8 +246,14 @@ class OpDefinition:
 
     def add_kernel(self, device_types: Any, fn: Callable[..., Any], *, host: bool, where: str) -> None:
         """Like :meth:`set_kernel`, but a ``"default"`` kernel sits below platform kernels."""
+        dispatch.check_callable(self.name, "register_kernel", "kernel", fn)
         keys = dispatch.normalize_device_types(self.name, device_types)
         self.kernels.set(keys, dispatch.Kernel(fn, bool(host), where))
+        self.changed()
+
+    def set_kernels_disabled(self, keys: Any) -> None:
+        """Disable the platform kernels for ``keys`` (their calls fall back to the default kernel)."""
+        self.kernels.set_disabled(keys)
         self.changed()
 
     def remove_kernel(self, fn: Callable[..., Any]) -> None:
@@ -299,6 +306,14 @@ class OpDefinition:
         self.autograd = AutogradInfo(backward, setup_context, arity, where)
         self.changed()
 
+    def clear_autograd(self) -> None:
+        self.autograd = None
+        self.changed()
+
+    def clear_vmap_rule(self) -> None:
+        self.vmap_rule = None
+        self.changed()
+
     def set_vmap_rule(self, fn: Any) -> None:
         if not callable(fn):
             raise TypeError(f"{self.name}: register_vmap expects a callable rule, got {type(fn).__name__}")
@@ -307,6 +322,10 @@ class OpDefinition:
 
     def set_sharding_rule(self, rule: Any) -> None:
         """Store a sharding rule (a string already checked by ``jaxops.sharding.parse_rule``, or a callable)."""
+        if not isinstance(rule, str) and not callable(rule):
+            raise TypeError(
+                f"{self.name}: register_sharding expects a rule string or a callable, got {type(rule).__name__}"
+            )
         if self.kernels.any_host:
             raise ValueError(
                 f"{self.name}: register_sharding needs traceable kernels (a host kernel runs on one "

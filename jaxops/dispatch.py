@@ -94,6 +94,15 @@ def caller_location(depth: int = 2) -> str:
         del frame
 
 
+def check_callable(op_name: str, verb: str, what: str, fn: Any) -> None:
+    """Refuse a non-callable registration at the call that makes it (nothing is stored).
+
+    >>> check_callable("mylib::f", "register_kernel", "kernel", len)
+    """
+    if not callable(fn):
+        raise TypeError(f"{op_name}: {verb} expects a callable {what}, got {type(fn).__name__} ({fn!r:.60})")
+
+
 def normalize_device_types(op_name: str, device_types: str | Iterable[str] | None) -> tuple[str, ...]:
     """Map user spellings (``"gpu"``, ``["cpu", "cuda"]``, ``None``) to platform keys.
 
@@ -244,6 +253,20 @@ class KernelTable:
 
     def __init__(self) -> None:
         self._kernels: dict[str, Kernel] = {}
+        self._disabled: frozenset[str] = frozenset()
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """Platform keys whose kernels are disabled (``CustomOp.set_kernel_enabled``): the default runs."""
+        return self._disabled
+
+    def set_disabled(self, keys: Iterable[str]) -> None:
+        self._disabled = frozenset(keys)
+
+    def _active(self) -> dict[str, Kernel]:
+        if not self._disabled:
+            return self._kernels
+        return {k: v for k, v in self._kernels.items() if k == "default" or k not in self._disabled}
 
     def set(self, keys: Iterable[str], kernel: Kernel) -> None:
         for key in keys:
@@ -281,7 +304,8 @@ class KernelTable:
 
     def for_platform(self, platform: str) -> Kernel | None:
         """The kernel that runs on ``platform``: a platform kernel wins over the default."""
-        return self._kernels.get(platform) or self._kernels.get("default")
+        active = self._active()
+        return active.get(platform) or active.get("default")
 
     @property
     def any_host(self) -> bool:
@@ -289,7 +313,7 @@ class KernelTable:
 
     def distinct(self) -> list[Kernel]:
         seen: list[Kernel] = []
-        for k in self._kernels.values():
+        for k in self._active().values():
             if all(k is not s for s in seen):
                 seen.append(k)
         return seen
@@ -309,15 +333,16 @@ class KernelTable:
                 f"{op_name}: no kernel is registered; use @{op_name.split('::')[-1]}.register_kernel(...) "
                 "or jaxops.impl(...) to add one"
             )
-        if len(distinct) == 1 and "default" in self._kernels:
+        active = self._active()
+        if len(distinct) == 1 and "default" in active:
             return run(distinct[0], operands)
         branches: dict[str, Callable[..., Any]] = {}
-        for key, kernel in self._kernels.items():
+        for key, kernel in active.items():
             branches[key] = _bind_branch(run, kernel)
-        branches = _defer_untraceable_host_branches(op_name, self._kernels, branches, operands)
+        branches = _defer_untraceable_host_branches(op_name, active, branches, operands)
         default = branches.pop("default", None)
         if default is None:
-            default = _missing_kernel_branch(op_name, branches, operands, tuple(self._kernels))
+            default = _missing_kernel_branch(op_name, branches, operands, tuple(active))
         return jax.lax.platform_dependent(*operands, default=default, **branches)
 
 

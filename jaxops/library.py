@@ -62,9 +62,10 @@ class Library:
             _DEFINED_BY_DEF[ns] = weakref.ref(self)
         self.ns = ns
         self.kind = kind
-        self._defined: list[tuple[str, str]] = []  # (qualname, overload)
+        self._defined: list[CustomOp] = []
         self._kernels: list[tuple[CustomOp, str, Callable[..., Any]]] = []
         self._fakes: list[CustomOp] = []
+        self._undo: list[Callable[[], None]] = []  # registrations made with lib=self
         self._destroyed = False
         _LIBRARIES.add(self)
 
@@ -105,7 +106,7 @@ class Library:
         check_kwarg_only_tensors(qualname, fs)
         op = CustomOp(qualname, fs, where=_dispatch.caller_location(), tags=tags)
         _registry.register(op)
-        self._defined.append((qualname, op.overload_name))
+        self._defined.append(op)
         return qualname
 
     def impl(
@@ -131,20 +132,13 @@ class Library:
                 f"{op.name}: Library.impl(with_keyset=True) is not supported; jaxops kernels take "
                 "the op's arguments only (there is no DispatchKeySet to pass)"
             )
+        _dispatch.check_callable(op.name, "Library.impl", "kernel", fn)
         key = dispatch_key
         if key == "Meta":
             op.register_fake(fn)
             self._fakes.append(op)
             return
-        if key in ("CompositeImplicitAutograd", "CompositeExplicitAutograd", "default", ""):
-            device_types: Any = None
-        elif key.lower() in ("cpu", "gpu", "cuda", "rocm", "tpu"):
-            device_types = key.lower()
-        else:
-            raise ValueError(
-                f"{op.name}: unknown dispatch key {dispatch_key!r}; use 'cpu', 'gpu' ('cuda', 'rocm'), "
-                "'tpu', 'default', 'Meta' or 'CompositeImplicitAutograd'"
-            )
+        device_types = device_types_of_key(op.name, key)
         fn = _dispatch.bind_to_op(op, fn)
         # Unlike register_kernel(None), "default" sits below platform kernels instead
         # of replacing them.
@@ -171,8 +165,12 @@ class Library:
             op.definition.remove_kernel(fn)
         for op in self._fakes:
             op.definition.clear_fake()
-        for qualname, overload in self._defined:
-            _registry.unregister(qualname, overload)
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        for op in self._defined:
+            # an op redefined since (custom_op under the same name) is not this library's
+            _registry.unregister(op.qualname, op.overload_name, only=op)
         self._kernels.clear()
         self._fakes.clear()
         self._defined.clear()
@@ -180,6 +178,22 @@ class Library:
         owner = _DEFINED_BY_DEF.get(self.ns)
         if owner is not None and owner() is self:
             del _DEFINED_BY_DEF[self.ns]
+
+
+def device_types_of_key(op_name: str, dispatch_key: Any) -> Any:
+    """The ``device_types`` a dispatch key stands for (``None``: every device); ``ValueError`` if unknown.
+
+    >>> device_types_of_key("mylib::f", "CompositeImplicitAutograd") is None, device_types_of_key("mylib::f", "CUDA")
+    (True, 'cuda')
+    """
+    if dispatch_key in ("CompositeImplicitAutograd", "CompositeExplicitAutograd", "default", ""):
+        return None
+    if isinstance(dispatch_key, str) and dispatch_key.lower() in ("cpu", "gpu", "cuda", "rocm", "tpu"):
+        return dispatch_key.lower()
+    raise ValueError(
+        f"{op_name}: unknown dispatch key {dispatch_key!r}; use 'cpu', 'gpu' ('cuda', 'rocm'), "
+        "'tpu', 'default', 'Meta' or 'CompositeImplicitAutograd'"
+    )
 
 
 _DEFAULT_LIBS: dict[str, Library] = {}
@@ -202,8 +216,18 @@ def define(qualname: str, schema: str, *, lib: Library | None = None, tags: Sequ
     >>> _ = jaxops.impl("demo_def::neg", "default", lambda x: -x)
     """
     ns, name = parse_qualname(qualname)
+    if not isinstance(schema, str):
+        raise TypeError(f"jaxops.define({qualname!r}): schema must be a str, got {type(schema).__name__}")
     target = lib if lib is not None else _lib_for(ns)
-    full = schema if not schema.lstrip().startswith("(") else f"{name}{schema}"
+    head = schema.lstrip()
+    if not head.startswith("("):
+        named = head.split("(", 1)[0].strip().split("::")[-1]
+        if named != name:
+            raise ValueError(
+                f"jaxops.define({qualname!r}, ...): the schema names the op {named!r}, not {name!r}; "
+                f"give the schema without a name ('(Tensor x) -> Tensor') or with the same name"
+            )
+    full = schema if not head.startswith("(") else f"{name}{schema}"
     qual = target.define(full, tags=tags)
     return _registry.lookup(qual)
 
@@ -222,9 +246,24 @@ def impl(
     """
     ns, _ = parse_qualname(qualname.split(".")[0] if "." in qualname else qualname)
     target = lib if lib is not None else _lib_for(ns)
-    keys = ["default"] if types is None else ([types] if isinstance(types, str) else list(types))
+    if types is None:
+        keys: list[Any] = ["default"]
+    elif isinstance(types, str):
+        keys = [types]
+    else:
+        try:
+            keys = list(types)
+        except TypeError:
+            raise TypeError(
+                f"{qualname}: jaxops.impl types must be a device type / dispatch key, a sequence of "
+                f"them, or None, got {type(types).__name__}"
+            ) from None
+    for key in keys:  # validate every key before registering any (no half-registered op)
+        if key != "Meta":
+            device_types_of_key(qualname, key)
 
     def inner(f: Callable[..., Any]) -> Callable[..., Any]:
+        _dispatch.check_callable(qualname, "jaxops.impl", "kernel", f)
         for key in keys:
             target.impl(qualname, f, key, host=host)
         return f
@@ -232,27 +271,136 @@ def impl(
     return inner if fn is None else inner(fn)
 
 
-def register_kernel(op_or_name: Any, device_types: Any, fn: Callable[..., Any] | None = None, /, *, host: bool | None = None) -> Any:
-    """Functional form of ``op.register_kernel``."""
-    return _registry.as_op(op_or_name).register_kernel(device_types, fn, host=host)
+def _check_lib(lib: Any) -> None:
+    if lib is not None:
+        if not isinstance(lib, Library):
+            raise TypeError(f"lib= must be a jaxops.Library, got {type(lib).__name__}")
+        lib._check_alive()
 
 
-def register_fake(op_or_name: Any, fn: Callable[..., Any] | None = None, /) -> Any:
-    """Functional form of ``op.register_fake``."""
-    return _registry.as_op(op_or_name).register_fake(fn)
+def _on_destroy(lib: Library | None, undo: Callable[[], None]) -> None:
+    if lib is not None:
+        lib._undo.append(undo)
 
 
-def register_autograd(op_or_name: Any, backward: Callable[..., Any], /, *, setup_context: Callable[..., Any] | None = None) -> None:
-    """Functional form of ``op.register_autograd``."""
-    _registry.as_op(op_or_name).register_autograd(backward, setup_context=setup_context)
+def register_kernel(
+    op_or_name: Any,
+    device_types: Any,
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    host: bool | None = None,
+    lib: Library | None = None,
+) -> Any:
+    """Functional form of ``op.register_kernel``; with ``lib``, ``lib._destroy()`` removes the kernel.
+
+    >>> # jaxops.register_kernel("mylib::foo", "cpu", kernel, lib=lib)
+    """
+    op = _registry.as_op(op_or_name)
+    _check_lib(lib)
+
+    def inner(f: Callable[..., Any]) -> Callable[..., Any]:
+        d = op.definition
+        before = {id(k.fn) for _, k in d.kernels.items()}
+        op.register_kernel(device_types, f, host=host)
+        added = [k.fn for _, k in d.kernels.items() if id(k.fn) not in before]  # f, or its bound form
+
+        def undo() -> None:
+            for k in dict.fromkeys(added):
+                d.remove_kernel(k)
+
+        _on_destroy(lib, undo)
+        return f
+
+    return inner if fn is None else inner(fn)
 
 
-def register_vmap(op_or_name: Any, fn: Callable[..., Any] | None = None, /) -> Any:
-    """Functional form of ``op.register_vmap``."""
-    return _registry.as_op(op_or_name).register_vmap(fn)
+def register_fake(op_or_name: Any, fn: Callable[..., Any] | None = None, /, *, lib: Library | None = None) -> Any:
+    """Functional form of ``op.register_fake``; with ``lib``, ``lib._destroy()`` removes the fake.
+
+    >>> # jaxops.register_fake("mylib::foo", lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), lib=lib)
+    """
+    op = _registry.as_op(op_or_name)
+    _check_lib(lib)
+
+    def inner(f: Callable[..., Any]) -> Callable[..., Any]:
+        op.register_fake(f)
+        d = op.definition
+
+        def undo() -> None:
+            if d.fake is not None and d.fake.fn is f:
+                d.clear_fake()
+
+        _on_destroy(lib, undo)
+        return f
+
+    return inner if fn is None else inner(fn)
 
 
-__all__ = ["Library", "define", "impl", "register_autograd", "register_fake", "register_kernel", "register_vmap"]
+def register_autograd(
+    op_or_name: Any,
+    backward: Callable[..., Any],
+    /,
+    *,
+    setup_context: Callable[..., Any] | None = None,
+    lib: Library | None = None,
+) -> None:
+    """Functional form of ``op.register_autograd``; with ``lib``, ``lib._destroy()`` removes it.
+
+    >>> # jaxops.register_autograd("mylib::foo", backward, setup_context=setup, lib=lib)
+    """
+    op = _registry.as_op(op_or_name)
+    _check_lib(lib)
+    op.register_autograd(backward, setup_context=setup_context)
+    d = op.definition
+    registered = d.autograd
+
+    def undo() -> None:
+        if d.autograd is registered:
+            d.clear_autograd()
+
+    _on_destroy(lib, undo)
+
+
+def register_vmap(op_or_name: Any, fn: Callable[..., Any] | None = None, /, *, lib: Library | None = None) -> Any:
+    """Functional form of ``op.register_vmap``; with ``lib``, ``lib._destroy()`` removes the rule.
+
+    >>> # jaxops.register_vmap("mylib::foo", rule, lib=lib)
+    """
+    op = _registry.as_op(op_or_name)
+    _check_lib(lib)
+
+    def inner(f: Callable[..., Any]) -> Callable[..., Any]:
+        op.register_vmap(f)
+        d = op.definition
+
+        def undo() -> None:
+            if d.vmap_rule is f:
+                d.clear_vmap_rule()
+
+        _on_destroy(lib, undo)
+        return f
+
+    return inner if fn is None else inner(fn)
+
+
+def get_kernel(op_or_name: Any, device_type: str) -> Callable[..., Any]:
+    """The kernel that would run for ``device_type`` (its own kernel, else the default one).
+
+    >>> # jaxops.get_kernel(op, "cpu")(x)
+    """
+    op = _registry.as_op(op_or_name)
+    keys = _dispatch.normalize_device_types(op.name, device_type)
+    if keys == ("default",):
+        raise ValueError(f"{op.name}: get_kernel needs a device type ('cpu', 'gpu', 'tpu'), got None")
+    for key in keys:
+        kernel = op.definition.kernels.for_platform(key)
+        if kernel is not None:
+            return kernel.fn
+    raise RuntimeError(f"{op.name}: no kernel for device type {device_type!r} and no default kernel")
+
+
+__all__ = ["Library", "define", "get_kernel", "impl", "register_autograd", "register_fake", "register_kernel", "register_vmap"]
 
 
 def dispatch_keys(qualname: str) -> frozenset[str]:

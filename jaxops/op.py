@@ -18,9 +18,10 @@ store through the definition; calls go straight to the pipeline's entry.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
 from jaxops import annotations, dispatch, fake, registry, sharding
@@ -217,6 +218,27 @@ class CustomOp:
 
         return inner if fn is None else inner(fn)
 
+    def set_kernel_enabled(self, device_type: str, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Inside the block the kernel for ``device_type`` is enabled or disabled (the default kernel runs).
+
+        >>> # with op.set_kernel_enabled("gpu", enabled=False): op(x)   # runs the default kernel
+        """
+        d = self.definition
+        keys = dispatch.normalize_device_types(d.name, device_type)
+        if keys == ("default",):
+            raise ValueError(f"{d.name}: set_kernel_enabled needs a device type ('cpu', 'gpu', 'tpu'), got None")
+        return self._kernels_disabled(keys, bool(enabled))
+
+    @contextlib.contextmanager
+    def _kernels_disabled(self, keys: tuple[str, ...], enabled: bool) -> Iterator[None]:
+        d = self.definition
+        before = d.kernels.disabled
+        d.set_kernels_disabled(before - set(keys) if enabled else before | set(keys))
+        try:
+            yield
+        finally:
+            d.set_kernels_disabled(before)
+
     def register_autograd(
         self, backward: Callable[..., Any], /, *, setup_context: Callable[..., Any] | None = None
     ) -> None:
@@ -250,6 +272,8 @@ class CustomOp:
         """
 
         def inner(f: Any) -> Any:
+            if not isinstance(f, str):
+                dispatch.check_callable(self.name, "register_sharding", "rule (or a rule string)", f)
             if not self.definition.kernels.any_host:
                 sharding.check_rule(self.name, f)
             self.definition.set_sharding_rule(f)
@@ -272,6 +296,18 @@ def _make_op(
     where: str,
 ) -> CustomOp:
     parse_qualname(qualname)
+    if "." in qualname.partition("::")[2]:
+        base, _, overload_name = qualname.rpartition(".")
+        raise ValueError(
+            f"custom_op name {qualname!r} carries an overload ('.{overload_name}'); custom_op defines "
+            f"one op per name: use {base!r}, or Library.define('{base.partition('::')[2]}.{overload_name}(...) -> ...') "
+            "for an overload"
+        )
+    if schema is not None and not isinstance(schema, str):
+        raise TypeError(
+            f"{qualname}: custom_op(schema=...) must be a str like '(Tensor x) -> Tensor', got "
+            f"{type(schema).__name__}"
+        )
     mutates = normalize_mutates_args(qualname, mutates_args)
     check_vmap_method(qualname, vmap_method)
     if schema is None:

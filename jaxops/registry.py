@@ -61,9 +61,15 @@ def register(op: CustomOp) -> None:
     _OPS.setdefault(op.qualname, {})[op.overload_name] = op
 
 
-def unregister(qualname: str, overload: str | None = None) -> None:
-    """Remove an op (or one overload of it) from the table."""
+def unregister(qualname: str, overload: str | None = None, *, only: Any = None) -> None:
+    """Remove an op (or one overload of it) from the table.
+
+    With ``only=op``, nothing is removed unless the table still holds that very op
+    (a later definition under the same name is left alone).
+    """
     if qualname not in _OPS:
+        return
+    if only is not None and _OPS[qualname].get(only.overload_name) is not only:
         return
     if overload is None:
         del _OPS[qualname]
