@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxops import dynamic, hooks, registry
 
@@ -141,16 +142,38 @@ def active_fake(defn: OpDefinition) -> Callable[..., Any] | None:
     return defn.derived_fake
 
 
-def _normalize_fake_out(out: Any) -> Any:
+def _check_fake_structure(defn: OpDefinition, out: Any) -> None:
+    """A fake must describe every output the schema declares (no ``None`` for a Tensor)."""
+    rets = defn.function_schema.returns
+    if not rets:
+        return
+    if defn.function_schema.returns_tuple and (not isinstance(out, (tuple, list)) or len(out) != len(rets)):
+        raise RuntimeError(
+            f"{defn.name}: the fake (register_fake) must return a tuple of {len(rets)} outputs "
+            f"(the schema returns {defn.schema_str.split('->')[-1].strip()}), got {type(out).__name__}"
+        )
+    outs = out if defn.function_schema.returns_tuple else (out,)
+    for i, (r, o) in enumerate(zip(rets, outs)):
+        if o is None and not r.type.optional:
+            raise RuntimeError(
+                f"{defn.name}: the fake (register_fake) returned None for output {i}, which the "
+                f"schema declares as {r.type}; return jax.ShapeDtypeStruct(shape, dtype) for it"
+            )
+
+
+def _normalize_fake_out(defn: OpDefinition, out: Any) -> Any:
+    # Python numbers (SymInt outputs) take JAX's default dtypes: int64/float64 under x64,
+    # the dtypes an eager call's result gets.
     def leaf(v: Any) -> Any:
         if isinstance(v, bool):
             return jax.ShapeDtypeStruct((), jnp.bool_)
         if isinstance(v, int):
-            return jax.ShapeDtypeStruct((), jnp.int32)
+            return jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(np.int64))
         if isinstance(v, float):
-            return jax.ShapeDtypeStruct((), jnp.float32)
+            return jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(np.float64))
         return v
 
+    _check_fake_structure(defn, out)
     return jax.tree_util.tree_map(leaf, out, is_leaf=lambda v: isinstance(v, jax.ShapeDtypeStruct))
 
 
@@ -185,7 +208,7 @@ def abstract_eval(defn: OpDefinition, values: list[Any]) -> tuple[Any, list[Any]
 
     def run(f: Callable[..., Any]) -> Any:
         def traced(arrs: Any) -> Any:
-            return materialize(_normalize_fake_out(defn.call_kernel(f, defn.merge(arrs, statics))))
+            return materialize(_normalize_fake_out(defn, defn.call_kernel(f, defn.merge(arrs, statics))))
 
         return jax.eval_shape(traced, abstract)
 

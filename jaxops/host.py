@@ -179,8 +179,21 @@ def conform_outputs(
                 f"{op_name}: output {i} of the host kernel has shape {arr.shape} but the fake "
                 f"(register_fake) says {want}; fix the fake or the kernel"
             )
+        if _dtype_kind(arr.dtype) != _dtype_kind(exp.dtype):
+            raise HostKernelError(
+                f"{op_name}: output {i} of the host kernel has dtype {arr.dtype} but the fake "
+                f"(register_fake) says {np.dtype(exp.dtype)}; fix the fake or the kernel"
+            )
         fixed.append(arr.astype(exp.dtype, copy=False))
     return fixed, treedef
+
+
+def _dtype_kind(dtype: Any) -> str:
+    """``"bool"``, ``"int"``, ``"float"`` or ``"complex"`` (widths may differ within one kind)."""
+    for kind, family in (("bool", np.bool_), ("int", np.integer), ("float", np.floating), ("complex", np.complexfloating)):
+        if jnp.issubdtype(dtype, family):
+            return kind
+    return str(np.dtype(dtype))
 
 
 def make_callback(

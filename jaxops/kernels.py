@@ -12,15 +12,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxops import dispatch, dynamic, fake, hooks, host
 from jaxops.definition import OpDefinition
 
 Runner = Callable[[dispatch.Kernel, list[Any]], Any]
+
+_EAGER_FAKE_CHECKS = contextvars.ContextVar("jaxops_eager_fake_checks", default=True)
+
+
+@contextlib.contextmanager
+def eager_fake_checks(enabled: bool) -> Iterator[None]:
+    """Turn the check of eager host results against the op's fake on or off in this context.
+
+    ``opcheck`` turns it off to compare fake and kernel itself (with its own messages).
+
+    >>> with eager_fake_checks(False):
+    ...     pass
+    """
+    token = _EAGER_FAKE_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _EAGER_FAKE_CHECKS.reset(token)
+
+
+def _eager_expected(defn: OpDefinition, values: list[Any], np_values: list[Any]) -> list[Any] | None:
+    """The fake's output avals for an eager host call (None without a fake); cached per signature.
+
+    Eager results obey the fake as traced ones do (same shapes, same dtypes), and the
+    fake runs once per input signature, never once per call.
+    """
+    f = fake.active_fake(defn)
+    if f is None or not _EAGER_FAKE_CHECKS.get():
+        return None
+    key: list[Any] = [id(f)]
+    for p, v in zip(defn.binder.params, np_values):
+        if isinstance(v, np.ndarray):
+            key.append((v.shape, v.dtype.str))
+        elif p.is_array:
+            key.append(tuple((a.shape, a.dtype.str) if isinstance(a, np.ndarray) else a for a in v or ()))
+        else:
+            key.append(tuple(v) if isinstance(v, list) else v)
+    cache = defn.cache.setdefault("eager_fake", {})
+    try:
+        sig: Any = tuple(key)
+        hit = cache.get(sig)
+    except TypeError:  # an unhashable static value: no cache
+        sig, hit = None, None
+    if hit is None:
+        hit = jax.tree_util.tree_leaves(fake.abstract_eval(defn, values)[0])
+        if sig is not None:
+            cache[sig] = hit
+    return hit
 Stage = Callable[[list[Any]], Any]
 
 
@@ -76,8 +127,12 @@ def host_eager(defn: OpDefinition, kernel: dispatch.Kernel, values: list[Any], l
     ]
     pos, kw = defn.binder.split_call(np_values)
     out = defn.check_outputs(host.call_kernel_eager(defn.name, kernel.fn, pos, kw), host=True)
+    expected = _eager_expected(defn, values, np_values)
+    if expected is not None:
+        flat, treedef = host.conform_outputs(defn.name, out, expected)
+        out = jax.tree_util.tree_unflatten(treedef, flat)
     host.check_no_alias(defn.name, out, np_values)
-    return host.place_outputs(out, dispatch.device_of_leaves(leaves))
+    return defn.finish_eager(host.place_outputs(out, dispatch.device_of_leaves(leaves)))
 
 
-__all__ = ["host_eager", "host_traced", "runner", "stage"]
+__all__ = ["eager_fake_checks", "host_eager", "host_traced", "runner", "stage"]

@@ -83,7 +83,7 @@ def _flat_dims(defn: OpDefinition, out: Any, dims: Any, where: str) -> list[Any]
     )
 
 
-def _normalize_rule_output(defn: OpDefinition, result: Any) -> tuple[Any, Any]:
+def _normalize_rule_output(defn: OpDefinition, result: Any, batch_size: int) -> tuple[Any, Any]:
     """``(out, out_dims)`` from the user's rule -> ``(out, out_batched)`` for ``custom_vmap``."""
     if not isinstance(result, tuple) or len(result) != 2:
         raise ValueError(
@@ -104,6 +104,11 @@ def _normalize_rule_output(defn: OpDefinition, result: Any) -> tuple[Any, Any]:
             raise ValueError(
                 f"{defn.name}: the vmap rule says output leaf {i} is batched along dim {d}, but it "
                 f"has only {x.ndim} dims (shape {tuple(x.shape)})"
+            )
+        if x.shape[d] != batch_size:
+            raise ValueError(
+                f"{defn.name}: the vmap rule returned output leaf {i} with {x.shape[d]} entries along "
+                f"its batch dim {d} (shape {tuple(x.shape)}), but vmap runs with batch size {batch_size}"
             )
         fixed.append(jnp.moveaxis(x, d, 0))
         batched.append(True)
@@ -139,7 +144,7 @@ def stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[li
             vals = args.rebuild(flat)
             in_dims = _in_dims(defn, vals, args.unflatten(in_batched))
             pos, kw = defn.binder.split_call(vals)
-            return _normalize_rule_output(defn, rule(VmapInfo(int(axis_size)), in_dims, *pos, **kw))
+            return _normalize_rule_output(defn, rule(VmapInfo(int(axis_size)), in_dims, *pos, **kw), int(axis_size))
 
         # jaxprs print the rule by name: rule=<function mylib::op vmap rule at ...>
         batching_rule.__name__ = batching_rule.__qualname__ = f"{defn.name} vmap rule"

@@ -128,12 +128,13 @@ def test_unsafe_generate_fake_kernels_overrides_registered_fake_and_restores():
     def op(x: jax.Array) -> jax.Array:
         return x.sum(0)
 
+    with jaxops.record_op_profiles() as profiles:  # recorded before the (wrong) fake exists
+        op(np.ones((4, 3), np.float32))
+
     @op.register_fake
     def _(x):
         return S((99,), x.dtype)
 
-    with jaxops.record_op_profiles() as profiles:
-        op(np.ones((4, 3), np.float32))
     assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (99,)
     with jaxops.unsafe_generate_fake_kernels(profiles):
         assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (3,)  # from the dimension hints
