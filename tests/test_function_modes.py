@@ -276,5 +276,11 @@ def test_generate_vmap_rule_with_vmap_staticmethod_is_ambiguous():
         def vmap(info, in_dims, x):
             return x, in_dims[0]
 
+    # Only vmap is ambiguous: a plain call, jit and grad never ask for a batching rule.
+    np.testing.assert_allclose(Both.apply(X), X)
+    np.testing.assert_allclose(jax.jit(Both.apply)(X), X)
+    np.testing.assert_allclose(jax.grad(lambda x: Both.apply(x).sum())(X), jnp.ones_like(X))
+    with pytest.raises(RuntimeError, match="You tried to vmap over Both, but it has both generate_vmap_rule=True and an overridden vmap staticmethod"):
+        jax.vmap(Both.apply)(jnp.stack([X, X]))
     with pytest.raises(RuntimeError, match="both generate_vmap_rule=True and an overridden vmap staticmethod"):
-        Both.apply(X)
+        jax.vmap(jax.grad(lambda x: Both.apply(x).sum()))(jnp.stack([X, X]))
