@@ -163,7 +163,7 @@ class Built:
     def _jvp_rule(self, primals: Sequence[Any], tangents: Sequence[Any]):
         specs = self.specs
         perturbed = [
-            not isinstance(t, SymbolicZero) and is_float(p.dtype)
+            not isinstance(t, SymbolicZero) and is_float(core.typeof(p).dtype)
             for p, t in zip(primals, tangents)
         ]
         needs, pos = [], 0

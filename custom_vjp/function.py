@@ -144,6 +144,17 @@ class _ClassInfo:
         self.legacy = not isinstance(inspect.getattr_static(cls, "forward"), staticmethod)
         self.cache: dict[Any, Built] = {}
         self.signature: inspect.Signature | None = None
+        self.param_names: list[str] = []
+        if not self.legacy:
+            try:
+                params = list(inspect.signature(cls.forward).parameters.values())
+            except (TypeError, ValueError):
+                params = []
+            if not overrides(cls, "setup_context"):
+                params = params[1:]  # forward(ctx, *args)
+            self.param_names = [
+                p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
         # PyTorch binds the arguments (filling in defaults) when setup_context is defined.
         if not self.legacy and overrides(cls, "setup_context"):
             try:
@@ -155,6 +166,10 @@ class _ClassInfo:
                 for p in sig.parameters.values()
             ):
                 self.signature = sig
+
+    def label(self, i: int) -> str:
+        """``argument i`` in messages, with ``forward``'s parameter name when it has one."""
+        return f"argument {i} ({self.param_names[i]!r})" if i < len(self.param_names) else f"argument {i}"
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``forward``'s positional arguments with defaults filled in, and its keyword-only ones."""
@@ -180,8 +195,9 @@ def _tracing() -> bool:
     return not isinstance(core.trace_ctx.trace, core.EvalTrace)
 
 
-def _check_static(name: str, specs: tuple[ArgSpec, ...], kwargs: dict[str, Any]) -> None:
+def _check_static(info: _ClassInfo, specs: tuple[ArgSpec, ...], kwargs: dict[str, Any]) -> None:
     """Arrays must be positional; no tracer may hide in an argument's static half."""
+    name = info.name
     for k, v in kwargs.items():
         if any(is_array(x) for x in jax.tree_util.tree_leaves(v)):
             raise TypeError(f"{name}.apply: array argument {k!r} must be passed positionally")
@@ -190,7 +206,7 @@ def _check_static(name: str, specs: tuple[ArgSpec, ...], kwargs: dict[str, Any])
     for i, s in enumerate(specs):
         if s.tree.num_nodes > 1 and find_static_tracer(s):
             raise RuntimeError(
-                f"{name}.apply: argument {i} holds a JAX tracer in a static position (pytree "
+                f"{name}.apply: {info.label(i)} holds a JAX tracer in a static position (pytree "
                 "aux data, e.g. an eqx.field(static=True) holding a traced array); static data "
                 "cannot depend on traced values. Store the array in an ordinary (non-static) "
                 "field so it is a differentiable leaf."
@@ -286,7 +302,7 @@ class Function:
             raise RuntimeError(_LEGACY_MSG)
         args, kwargs = info.bind(args, kwargs)
         specs = tuple(arg_spec(a) for a in args)
-        _check_static(info.name, specs, kwargs)
+        _check_static(info, specs, kwargs)
         try:
             key: Any = (specs, tuple(sorted((k, type(v), v) for k, v in kwargs.items())))
             hash(key)
