@@ -30,6 +30,7 @@ from custom_vjp import _state
 from custom_vjp._lin import LinRule, function_lin_p, lin_aval, vary_to, vma_of, zeros_of
 from custom_vjp.ctx import Frozen, FunctionCtx, Lifetime, ctx_state, freeze, thaw
 from custom_vjp.gradients import backward_name, function_name, normalize_grads, normalize_tangents
+from custom_vjp.once import guard_tree, is_once_differentiable, unwrap_once
 from custom_vjp.trees import (
     DYN,
     ArgSpec,
@@ -101,7 +102,8 @@ class Built:
         self.out_specs: dict[Any, OutSpec] = {}
         backward = cls.backward if overrides(cls, "backward") else cls.vjp
         self.backward = backward
-        self.raw_backward = getattr(backward, "_cvjp_once_inner", backward)
+        self.raw_backward = unwrap_once(backward)
+        self.once = is_once_differentiable(backward)
         self.has_jvp = overrides(cls, "jvp")
         self.has_vmap = overrides(cls, "vmap")
         forward_flat: Callable[..., list[Any]] = self.forward_flat
@@ -291,6 +293,10 @@ class CallRule:
         if self.built.has_jvp:
             return self._user_jvp(res, tangents)
         diff_avals = [a for a, d in zip(self.out_avals, self.diff) if d]
+        if self.built.once:
+            # Differentiating this rule w.r.t. the residuals (forward over reverse,
+            # jax.hessian) differentiates the backward: not allowed.
+            res = guard_tree(list(res))
 
         def bwd_of_cts(*cts: Any) -> tuple[Any, ...]:
             grads = self.backward(res, list(cts), raw=True)

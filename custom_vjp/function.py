@@ -1,4 +1,4 @@
-"""``torch.autograd.Function`` for JAX: ``Function`` and ``once_differentiable``.
+"""``torch.autograd.Function`` for JAX: ``Function`` (``once_differentiable`` is re-exported).
 
 Write a Function as in PyTorch and call it with ``apply``::
 
@@ -41,91 +41,35 @@ messages.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax._src import core
 
 from custom_vjp.call import DEFAULT_MARK, Built, VmapInfo, overrides, vary_alike
-from custom_vjp.ctx import FunctionCtx, wrap_saved
+from custom_vjp.ctx import FunctionCtx
 from custom_vjp.gradients import function_name
+from custom_vjp.once import once_differentiable
 from custom_vjp.trees import (
     ArgSpec,
     arg_spec,
     array_leaves,
     find_static_tracer,
     is_array,
-    is_float,
-    is_none_or_array,
     signature_of,
     unflatten_out,
 )
 
 __all__ = ["Function", "FunctionCtx", "VmapInfo", "once_differentiable"]
 
-_ONCE_MSG = "trying to differentiate twice a function that was marked with @once_differentiable"
 _LEGACY_MSG = (
     "Legacy autograd function with non-static forward method is deprecated. "
     "Please use new-style autograd function with static forward method. "
     "(Example: https://pytorch.org/docs/stable/autograd.html#torch.autograd.Function)"
 )
-
-
-# ----------------------------------------------------------------------------- once_differentiable
-
-
-@functools.cache
-def _once_guard() -> Callable[[Any], Any]:
-    @jax.custom_jvp
-    def guard(x: Any) -> Any:
-        return x
-
-    @guard.defjvp
-    def _guard_jvp(primals: Any, tangents: Any) -> Any:
-        raise RuntimeError(_ONCE_MSG)
-
-    return guard
-
-
-def _guard_tree(tree: Any) -> Any:
-    guard = _once_guard()
-    return jax.tree_util.tree_map(
-        lambda g: guard(g) if is_array(g) and is_float(jnp.result_type(g)) else g,
-        tree,
-        is_leaf=is_none_or_array,
-    )
-
-
-def once_differentiable(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a ``backward`` as not differentiable itself (PyTorch's decorator).
-
-    First-order gradients work; differentiating through the backward (``grad(grad)``,
-    ``jax.hessian``) raises ``RuntimeError`` "trying to differentiate twice" when that
-    path is traced.  The guard sits on everything the backward reads (its grad
-    outputs, saved tensors, array attributes of ``ctx``) and on its result, so it
-    fires before JAX tries to differentiate the body, which may not be
-    differentiable at all (``jax.pure_callback``, NumPy).
-
-    >>> @once_differentiable
-    ... def backward(ctx, g):
-    ...     return 2 * g
-    >>> float(backward(None, jnp.ones(())))
-    2.0
-    """
-
-    @functools.wraps(fn)
-    def wrapper(ctx: Any, *grads: Any) -> Any:
-        if isinstance(ctx, FunctionCtx):
-            wrap_saved(ctx, _guard_tree)
-        return _guard_tree(fn(ctx, *_guard_tree(grads)))
-
-    wrapper._cvjp_once_inner = fn  # type: ignore[attr-defined]
-    return wrapper
 
 
 # ----------------------------------------------------------------------------- Function
@@ -230,6 +174,7 @@ class Function:
     leaves are differentiable, the rest is static, and ``backward`` returns a pytree
     of the same structure (or ``None``) for it.
 
+    >>> import jax, jax.numpy as jnp
     >>> class Double(Function):
     ...     @staticmethod
     ...     def forward(ctx, x):
