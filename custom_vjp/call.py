@@ -92,8 +92,15 @@ class Built:
     (defaults filled in); ``kwargs`` are static keyword arguments of ``forward``.
     """
 
-    def __init__(self, cls: type, specs: tuple[ArgSpec, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cls: type,
+        specs: tuple[ArgSpec, ...],
+        kwargs: dict[str, Any],
+        param_names: Sequence[str] = (),
+    ) -> None:
         self.cls = cls
+        self.param_names = tuple(param_names)
         self.name = function_name(cls)
         self.backward_name = backward_name(cls)
         self.specs = specs
@@ -280,7 +287,9 @@ class CallRule:
             if not raw:
                 ctx_state(ctx)["released"] = True
                 self.frozen.lifetime.released = True
-        flat = normalize_grads(self.built.backward_name, self.built.specs, grads, self.in_avals)
+        flat = normalize_grads(
+            self.built.backward_name, self.built.specs, grads, self.in_avals, self.built.param_names
+        )
         if not raw and _state.anomaly_mode.get():
             from custom_vjp.anomaly import check_backward_outputs
 

@@ -255,7 +255,7 @@ class Function:
             key = None
         built = info.cache.get(key) if key is not None else None
         if built is None:
-            built = Built(cls, specs, dict(kwargs))
+            built = Built(cls, specs, dict(kwargs), info.param_names)
             if key is not None:
                 info.cache[key] = built
         leaves = array_leaves(specs, args)

@@ -105,7 +105,7 @@ def _sequence_type(spec: ArgSpec) -> type | None:
     return data[0] if data is not None and data[0] in (list, tuple) else None
 
 
-def _pytree_grad(who: str, i: int, spec: ArgSpec, g: Any) -> list[Any]:
+def _pytree_grad(who: str, i: int, name: str, spec: ArgSpec, g: Any) -> list[Any]:
     """The gradient leaves of pytree input ``i`` (one per leaf of the input, ``None`` allowed)."""
     seq = _sequence_type(spec)
     if seq is not None and isinstance(g, (list, tuple)):
@@ -118,24 +118,30 @@ def _pytree_grad(who: str, i: int, spec: ArgSpec, g: Any) -> list[Any]:
     leaves, tree = jax.tree_util.tree_flatten(g, is_leaf=is_none_or_array)
     if tree != spec.tree:
         raise RuntimeError(
-            f"function {who} returned a gradient for input {i} whose structure does not match "
+            f"function {who} returned a gradient for input {i}{name} whose structure does not match "
             f"the input: expected {spec.tree} (or None), got {tree}"
         )
     for k, (s, v) in enumerate(zip(spec.static, leaves)):
         if s is not DYN and is_array(v):
             raise RuntimeError(
                 f"function {who} returned a gradient different than None at position {i} "
-                f"(leaf {k}), but the corresponding forward input leaf was not an array"
+                f"(leaf {k} of input{name}), but the corresponding forward input leaf was not an "
+                "array"
             )
     return [v for s, v in zip(spec.static, leaves) if s is DYN]
 
 
 def normalize_grads(
-    who: str, specs: Sequence[ArgSpec], grads: Any, in_avals: Sequence[core.ShapedArray]
+    who: str,
+    specs: Sequence[ArgSpec],
+    grads: Any,
+    in_avals: Sequence[core.ShapedArray],
+    param_names: Sequence[str] = (),
 ) -> list[Any]:
     """Apply PyTorch's return rules to ``backward``'s result; one entry per array leaf.
 
-    ``who`` is the backward's name in messages (:func:`backward_name`).
+    ``who`` is the backward's name in messages (:func:`backward_name`);
+    ``param_names`` are ``forward``'s parameter names, used in messages when known.
     """
     n = len(specs)
     if not isinstance(grads, tuple):
@@ -161,7 +167,8 @@ def normalize_grads(
         elif s.is_bare_array:
             flat.append(fit_grad(who, i, g, in_avals[pos]))
         else:
-            leaves = _pytree_grad(who, i, s, g)
+            name = f" ({param_names[i]!r})" if i < len(param_names) else ""
+            leaves = _pytree_grad(who, i, name, s, g)
             flat.extend(fit_grad(who, i, e, in_avals[pos + k]) for k, e in enumerate(leaves))
         pos += s.n
     return flat

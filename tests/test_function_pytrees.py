@@ -267,7 +267,7 @@ def test_wrong_gradient_structure_names_the_backward_and_input():
         def backward(ctx, g):
             return {"weight": g}, g
 
-    with pytest.raises(RuntimeError, match=r"WrongTreeBackward returned a gradient for input 0 whose structure does not match"):
+    with pytest.raises(RuntimeError, match=r"WrongTreeBackward returned a gradient for input 0 \('params'\) whose structure does not match the input: expected PyTreeDef\(\{'w': \*\}\) \(or None\), got PyTreeDef\(\{'weight': \*\}\)"):
         jax.grad(lambda p: WrongTree.apply(p, X).sum())({"w": jnp.ones(3)})
 
 
@@ -281,7 +281,7 @@ def test_array_gradient_at_a_static_leaf_is_an_error():
         def backward(ctx, g):
             return {"w": g, "k": jnp.zeros(())}, g
 
-    with pytest.raises(RuntimeError, match=r"StaticLeafBackward returned a gradient different than None at position 0"):
+    with pytest.raises(RuntimeError, match=r"StaticLeafBackward returned a gradient different than None at position 0 \(leaf 0 of input \('params'\)\)"):
         eqx.filter_grad(lambda p: StaticLeaf.apply(p, X).sum())({"w": jnp.ones(3), "k": 2.0})
 
 
@@ -453,3 +453,31 @@ def test_array_leaves_are_exactly_equinox_is_array():
     values = [jnp.ones(2), np.ones(2), np.float32(1.0), np.int64(3), 1.0, 3, True, None, "s", jnp.float32, (jnp.ones(1),)]
     assert [is_array(v) for v in values] == [eqx.is_array(v) for v in values]
     jax.jit(lambda x: [is_array(x)] == [eqx.is_array(x)] or pytest.fail("tracer"))(X)
+
+
+def test_module_argument_under_scan_checkpoint_and_filter_vmap():
+    model = eqx.nn.Linear(3, 3, key=KEY)
+
+    def rolled(m, x):
+        def body(h, _):
+            return jnp.tanh(jax.checkpoint(LinearFn.apply)(m, h)), None
+
+        h, _ = jax.lax.scan(body, x, None, length=3)
+        return jnp.sum(h**2)
+
+    def rolled_ref(m, x):
+        h = x
+        for _ in range(3):
+            h = jnp.tanh(m(h))
+        return jnp.sum(h**2)
+
+    got = eqx.filter_jit(eqx.filter_grad(rolled))(model, X)
+    chex.assert_trees_all_close(got, eqx.filter_grad(rolled_ref)(model, X), rtol=1e-5)
+
+    # an ensemble: a batch of modules, vmapped
+    models = eqx.filter_vmap(lambda k: eqx.nn.Linear(3, 2, key=k))(jax.random.split(KEY, 4))
+    out = eqx.filter_vmap(lambda m: LinearFn.apply(m, X))(models)
+    chex.assert_trees_all_close(out, eqx.filter_vmap(lambda m: m(X))(models), rtol=1e-6)
+    got = eqx.filter_grad(lambda ms: jnp.sum(eqx.filter_vmap(lambda m: LinearFn.apply(m, X))(ms) ** 2))(models)
+    want = eqx.filter_grad(lambda ms: jnp.sum(eqx.filter_vmap(lambda m: m(X))(ms) ** 2))(models)
+    chex.assert_trees_all_close(got, want, rtol=1e-5)
