@@ -88,28 +88,27 @@ class _ClassInfo:
         self.legacy = not isinstance(inspect.getattr_static(cls, "forward"), staticmethod)
         self.cache: dict[Any, Built] = {}
         self.signature: inspect.Signature | None = None
+        self.has_defaults = False
         self.param_names: list[str] = []
-        if not self.legacy:
-            try:
-                params = list(inspect.signature(cls.forward).parameters.values())
-            except (TypeError, ValueError):
-                params = []
-            if not overrides(cls, "setup_context"):
-                params = params[1:]  # forward(ctx, *args)
-            self.param_names = [
-                p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            ]
+        if self.legacy:
+            return
+        try:
+            sig: inspect.Signature | None = inspect.signature(cls.forward)
+        except (TypeError, ValueError):
+            sig = None
+        params = list(sig.parameters.values()) if sig is not None else []
+        setup_style = overrides(cls, "setup_context")
+        if not setup_style:
+            params = params[1:]  # forward(ctx, *args)
+        self.param_names = [
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         # PyTorch binds the arguments (filling in defaults) when setup_context is defined.
-        if not self.legacy and overrides(cls, "setup_context"):
-            try:
-                sig = inspect.signature(cls.forward)
-            except (TypeError, ValueError):
-                sig = None
-            if sig is not None and any(
-                p.default is not p.empty or p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)
-                for p in sig.parameters.values()
-            ):
-                self.signature = sig
+        if setup_style and sig is not None:
+            self.signature = sig
+            self.has_defaults = any(
+                p.default is not p.empty or p.kind == p.KEYWORD_ONLY for p in params
+            )
 
     def label(self, i: int) -> str:
         """``argument i`` in messages, with ``forward``'s parameter name when it has one."""
@@ -117,7 +116,7 @@ class _ClassInfo:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``forward``'s positional arguments with defaults filled in, and its keyword-only ones."""
-        if self.signature is None:
+        if self.signature is None or not (kwargs or self.has_defaults):
             return args, kwargs
         try:
             bound = self.signature.bind(*args, **kwargs)

@@ -397,3 +397,25 @@ def test_save_for_forward_in_ctx_style_forward():
     _, t = jax.jvp(Sq.apply, (X,), (T,))
     np.testing.assert_allclose(t, 3.0 * X * T, rtol=1e-6)
     np.testing.assert_allclose(jax.grad(lambda x: Sq.apply(x).sum())(X), 2.0 * X, rtol=1e-6)
+
+
+def test_keyword_argument_becomes_a_positional_input():
+    seen = []
+
+    class Mul(Function):
+        @staticmethod
+        def forward(x, k):
+            return x * k
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            seen.append(inputs)
+            ctx.k = inputs[1]
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * ctx.k, None
+
+    g = jax.grad(lambda x: Mul.apply(x, k=3.0).sum())(X)
+    np.testing.assert_allclose(g, jnp.full(3, 3.0))
+    assert seen[-1][1] == 3.0 and len(seen[-1]) == 2
