@@ -43,7 +43,7 @@ from custom_vjp.trees import is_array, is_none_or_array
 
 __all__ = ["host"]
 
-_VMAP_METHODS = ("sequential", "sequential_unrolled", "expand_dims", "broadcast_all", "legacy_vectorized")
+_VMAP_METHODS = ("sequential", "sequential_unrolled", "expand_dims", "broadcast_all")
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -146,10 +146,12 @@ def host(
         leaves, tree = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_none_or_array)
         arrays = [x for x in leaves if is_array(x)]
         in_ndims = [np.ndim(x) for x in arrays]
+        mask = [is_array(x) for x in leaves]
+        static = [None if m else x for x, m in zip(leaves, mask)]  # no tracer kept alive
 
         def call(*values: Any) -> list[np.ndarray]:
             it = iter(values)
-            full = [np.asarray(next(it)) if is_array(x) else x for x in leaves]
+            full = [np.asarray(next(it)) if m else x for x, m in zip(static, mask)]
             a, k = jax.tree_util.tree_unflatten(tree, full)
             batched = any(np.ndim(v) > n for v, n in zip(values, in_ndims))
             return _conform(name, fn(*a, **k), sds, batched)

@@ -96,8 +96,9 @@ class FunctionCtx:
         """Save arrays for ``jvp``, where ``saved_tensors`` returns them (PyTorch's method).
 
         >>> ctx = FunctionCtx(); ctx.save_for_forward(jnp.ones(1))
-        >>> len(ctx._cvjp["saved_fwd"])
-        1
+        >>> res, frozen = freeze(ctx, Lifetime())
+        >>> len(thaw(frozen, res, for_jvp=True).saved_tensors), len(thaw(frozen, res).saved_tensors)
+        (1, 0)
         """
         self._cvjp["saved_fwd"] = tuple(tensors)
 
