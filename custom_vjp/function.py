@@ -65,6 +65,8 @@ from custom_vjp.trees import (
 
 __all__ = ["Function", "FunctionCtx", "VmapInfo", "once_differentiable"]
 
+#: Most cached rules kept per Function class (oldest dropped first).
+_CACHE_LIMIT = 256
 _LEGACY_MSG = (
     "Legacy autograd function with non-static forward method is deprecated. "
     "Please use new-style autograd function with static forward method. "
@@ -256,6 +258,8 @@ class Function:
         if built is None:
             built = Built(cls, specs, dict(kwargs), info.param_names)
             if key is not None:
+                if len(info.cache) >= _CACHE_LIMIT:  # e.g. a fresh closure per call as a static leaf
+                    info.cache.pop(next(iter(info.cache)))
                 info.cache[key] = built
         leaves = array_leaves(specs, args)
         if any(isinstance(x, core.Tracer) for x in leaves):

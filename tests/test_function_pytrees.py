@@ -481,3 +481,21 @@ def test_module_argument_under_scan_checkpoint_and_filter_vmap():
     got = eqx.filter_grad(lambda ms: jnp.sum(eqx.filter_vmap(lambda m: LinearFn.apply(m, X))(ms) ** 2))(models)
     want = eqx.filter_grad(lambda ms: jnp.sum(eqx.filter_vmap(lambda m: m(X))(ms) ** 2))(models)
     chex.assert_trees_all_close(got, want, rtol=1e-5)
+
+
+def test_cache_stays_bounded_with_a_fresh_static_leaf_per_call():
+    class Act(Function):
+        @staticmethod
+        def forward(ctx, params, x):
+            return params["act"](params["w"] * x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return None, g
+
+    from custom_vjp import function as function_module
+
+    for i in range(function_module._CACHE_LIMIT + 10):
+        out = Act.apply({"w": jnp.ones(3), "act": lambda v, i=i: v + i}, X)  # a new closure each call
+    np.testing.assert_allclose(out, X + function_module._CACHE_LIMIT + 9)
+    assert len(Act.__dict__["_cvjp_info"].cache) == function_module._CACHE_LIMIT
