@@ -3,6 +3,7 @@
 from custom_vjp.anomaly import detect_anomaly as detect_anomaly
 from custom_vjp.anomaly import is_anomaly_enabled as is_anomaly_enabled
 from custom_vjp.anomaly import set_detect_anomaly as set_detect_anomaly
+from custom_vjp.callback import host as host
 from custom_vjp.checkpoint import checkpoint as checkpoint
 from custom_vjp.function import Function as Function
 from custom_vjp.function import FunctionCtx as FunctionCtx

@@ -134,12 +134,19 @@ def _jvp(primals: Sequence[Any], tangents: Sequence[Any], *, num_res: int, rule:
     res, lin = list(primals[:num_res]), list(primals[num_res:])
     dres, dlin = list(tangents[:num_res]), list(tangents[num_res:])
     out = function_lin_p.bind(*primals, num_res=num_res, rule=rule)
-    dlin = [ad.instantiate_zeros(t) for t in dlin]
-    t_out = function_lin_p.bind(*res, *dlin, num_res=num_res, rule=rule)
+    t_out: list[Any] | None = None
+    # Only evaluate the forward rule on tangents that are not all symbolic zeros: under
+    # jax.hessian the tangent part is zero and only the residual part (differentiating
+    # the rule itself) is needed, which a once-differentiable backward must refuse.
+    if any(type(t) is not ad.Zero for t in dlin):
+        dlin = [ad.instantiate_zeros(t) for t in dlin]
+        t_out = function_lin_p.bind(*res, *dlin, num_res=num_res, rule=rule)
     if any(type(t) is not ad.Zero for t in dres):
         dres = [ad.instantiate_zeros(t) for t in dres]
         _, t_res = jax.jvp(lambda r: tuple(rule.forward(list(r), lin)), (tuple(res),), (tuple(dres),))
-        t_out = [a + b for a, b in zip(t_out, t_res)]
+        t_out = list(t_res) if t_out is None else [a + b for a, b in zip(t_out, t_res)]
+    if t_out is None:
+        t_out = [ad.Zero(a.to_tangent_aval()) for a in rule.out_avals]
     return out, t_out
 
 

@@ -1,6 +1,6 @@
 """Context-local switches shared by the modules of ``custom_vjp``.
 
-``function.py`` reads them while a Function's forward/backward is traced; the
+``ctx.py`` and ``call.py`` read them while a Function's forward/backward is traced; the
 context managers in ``anomaly.py`` and ``saved_tensors.py`` set them.
 
 Both are read at *trace* time, so both are part of JAX's trace-cache key
@@ -50,7 +50,7 @@ class TraceKeyedVar(Generic[T]):
 anomaly_mode: TraceKeyedVar[bool] = TraceKeyedVar(False)
 
 #: Stack of active ``(pack, unpack)`` pairs from ``custom_vjp.saved_tensors_hooks``,
-#: innermost last.  ``function.py`` applies the innermost ``pack`` to every saved
+#: innermost last.  ``ctx.freeze`` applies the innermost ``pack`` to every saved
 #: array when the forward is traced and records the matching ``unpack`` statically
 #: next to the residual, so the backward unpacks with the hooks of its forward.
 saved_tensors_hooks_stack: TraceKeyedVar[

@@ -6,7 +6,7 @@
 ...     custom_vjp.is_anomaly_enabled()
 True
 
-Inside ``detect_anomaly()`` the Function core (``function.py``) calls
+Inside ``detect_anomaly()`` the Function core (``call.py``) calls
 :func:`check_backward_outputs` on the normalized gradients of every
 ``backward`` it traces.  A NaN raises ``RuntimeError`` with PyTorch's text
 ``Function 'NAME' returned nan values in its 0th output.``:

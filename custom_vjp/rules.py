@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from custom_vjp._lin import LinRule, function_lin_p, lin_aval, vary_to, vma_of, zeros_of
-from custom_vjp.function import Function, VmapInfo
+from custom_vjp.call import VmapInfo
+from custom_vjp.function import Function
 
 
 def make_function(

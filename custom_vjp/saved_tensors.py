@@ -13,7 +13,7 @@ This is PyTorch's ``torch.autograd.graph.saved_tensors_hooks``.  While the
 context is active, every array a ``custom_vjp.Function`` saves for its
 backward (``ctx.save_for_backward`` and array attributes of ``ctx``) goes
 through ``pack`` when the forward is traced, and the backward sees
-``unpack(pack(x))``.  The innermost active pair applies; ``function.py``
+``unpack(pack(x))``.  The innermost active pair applies; ``ctx.py``
 records the matching ``unpack`` with the residual, so a backward always
 unpacks with the hooks of its own forward.
 

@@ -445,9 +445,9 @@ def test_constructed_function_is_cached_per_static_structure():
     for _ in range(3):
         Cached.apply(X, 2)
         Cached.apply(X * 2, 2)
-    assert len(Cached.__dict__["_cvjp_cache"]) == 1
+    assert len(Cached.__dict__["_cvjp_info"].cache) == 1
     Cached.apply(X, 3)
-    assert len(Cached.__dict__["_cvjp_cache"]) == 2
+    assert len(Cached.__dict__["_cvjp_info"].cache) == 2
 
 
 def test_once_differentiable_first_order_and_error_when_differentiated_twice():

@@ -276,5 +276,146 @@ def test_generate_vmap_rule_with_vmap_staticmethod_is_ambiguous():
         def vmap(info, in_dims, x):
             return x, in_dims[0]
 
+    # Only vmap is ambiguous: a plain call, jit and grad never ask for a batching rule.
+    np.testing.assert_allclose(Both.apply(X), X)
+    np.testing.assert_allclose(jax.jit(Both.apply)(X), X)
+    np.testing.assert_allclose(jax.grad(lambda x: Both.apply(x).sum())(X), jnp.ones_like(X))
+    with pytest.raises(RuntimeError, match="You tried to vmap over Both, but it has both generate_vmap_rule=True and an overridden vmap staticmethod"):
+        jax.vmap(Both.apply)(jnp.stack([X, X]))
     with pytest.raises(RuntimeError, match="both generate_vmap_rule=True and an overridden vmap staticmethod"):
-        Both.apply(X)
+        jax.vmap(jax.grad(lambda x: Both.apply(x).sum()))(jnp.stack([X, X]))
+
+
+# ----------------------------------------------------------------------------- forward's defaults (issue 15a)
+
+
+class TakeDefault(Function):
+    """``forward(x, idx=(2,), scale=1.0)`` called as ``apply(x)``."""
+
+    seen: list = []
+
+    @staticmethod
+    def forward(x, idx=(2,), scale=1.0):
+        return x[jnp.array(idx)] * scale
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        TakeDefault.seen.append(inputs)
+        x, idx, scale = inputs  # defaults filled in, as in PyTorch
+        ctx.n, ctx.idx, ctx.scale = x.shape[-1], idx, scale
+
+    @staticmethod
+    def backward(ctx, g):
+        return jnp.zeros(ctx.n).at[jnp.array(ctx.idx)].add(g * ctx.scale), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, idx, scale):
+        x = jnp.moveaxis(x, in_dims[0], 0) if in_dims[0] is not None else jnp.broadcast_to(x, (info.batch_size, *x.shape))
+        return x[:, jnp.array(idx)] * scale, 0
+
+
+def test_setup_context_sees_forward_defaults():
+    TakeDefault.seen.clear()
+    g = jax.grad(lambda x: TakeDefault.apply(x).sum())(X)
+    np.testing.assert_allclose(g, [0.0, 0.0, 1.0])
+    assert len(TakeDefault.seen[-1]) == 3 and TakeDefault.seen[-1][1:] == ((2,), 1.0)
+    g = jax.grad(lambda x: TakeDefault.apply(x, scale=3.0).sum())(X)  # a keyword fills its slot
+    np.testing.assert_allclose(g, [0.0, 0.0, 3.0])
+    assert TakeDefault.seen[-1][1:] == ((2,), 3.0)
+    g = jax.jit(jax.grad(lambda x: TakeDefault.apply(x, (0, 1)).sum()))(X)
+    np.testing.assert_allclose(g, [1.0, 1.0, 0.0])
+
+
+def test_defaults_under_vmap_jvp_and_vmap_of_grad():
+    xs = jnp.stack([X, 2 * X])
+    np.testing.assert_allclose(jax.vmap(TakeDefault.apply)(xs), xs[:, 2:3], rtol=1e-6)
+    _, t = jax.jvp(TakeDefault.apply, (X,), (T,))
+    np.testing.assert_allclose(t, T[2:3], rtol=1e-6)
+    g = jax.vmap(jax.grad(lambda x: TakeDefault.apply(x, scale=2.0).sum()))(xs)
+    np.testing.assert_allclose(g, jnp.array([[0.0, 0.0, 2.0]] * 2))
+
+
+def test_missing_argument_names_the_function():
+    with pytest.raises(TypeError, match=r"TakeDefault\.apply: missing a required argument: 'x'"):
+        TakeDefault.apply()
+
+
+# ----------------------------------------------------------------------------- save_for_forward (issue 15c)
+
+
+class ExpFwd(Function):
+    @staticmethod
+    def forward(x):
+        return jnp.exp(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output * 10.0)  # jvp reads this; distinguishable from backward's
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+    @staticmethod
+    def jvp(ctx, t):
+        (y10,) = ctx.saved_tensors
+        return t * y10
+
+
+def test_save_for_forward_is_what_jvp_reads():
+    _, t = jax.jvp(ExpFwd.apply, (X,), (T,))
+    np.testing.assert_allclose(t, 10.0 * T * jnp.exp(X), rtol=1e-6)
+    _, t = jax.jit(lambda x, t: jax.jvp(ExpFwd.apply, (x,), (t,)))(X, T)
+    np.testing.assert_allclose(t, 10.0 * T * jnp.exp(X), rtol=1e-6)
+    # backward still reads save_for_backward
+    np.testing.assert_allclose(jax.grad(lambda x: ExpFwd.apply(x).sum())(X), jnp.exp(X), rtol=1e-6)
+    xs = jnp.stack([X, T])
+    _, tv = jax.vmap(lambda x: jax.jvp(ExpFwd.apply, (x,), (jnp.ones(3),)))(xs)
+    np.testing.assert_allclose(tv, 10.0 * jnp.exp(xs), rtol=1e-6)
+
+
+def test_save_for_forward_in_ctx_style_forward():
+    class Sq(Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            ctx.save_for_forward(3.0 * x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2.0 * g * x
+
+        @staticmethod
+        def jvp(ctx, t):
+            (x3,) = ctx.saved_tensors
+            return t * x3  # deliberately 3x instead of 2x: proves which tensors jvp saw
+
+    _, t = jax.jvp(Sq.apply, (X,), (T,))
+    np.testing.assert_allclose(t, 3.0 * X * T, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda x: Sq.apply(x).sum())(X), 2.0 * X, rtol=1e-6)
+
+
+def test_keyword_argument_becomes_a_positional_input():
+    seen = []
+
+    class Mul(Function):
+        @staticmethod
+        def forward(x, k):
+            return x * k
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            seen.append(inputs)
+            ctx.k = inputs[1]
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * ctx.k, None
+
+    g = jax.grad(lambda x: Mul.apply(x, k=3.0).sum())(X)
+    np.testing.assert_allclose(g, jnp.full(3, 3.0))
+    assert seen[-1][1] == 3.0 and len(seen[-1]) == 2

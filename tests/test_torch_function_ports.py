@@ -891,6 +891,7 @@ class JaxExpJvp(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, g):
@@ -926,6 +927,42 @@ class JaxMul(Function):
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         return g * b, g * a
+
+
+# ============================================================================ 29. NumPy forward and backward, a defaulted axis
+def _reverse_cumsum(g, axis):
+    return np.flip(np.cumsum(np.flip(g, axis), axis=axis), axis)
+
+
+class TorchNumpyCumsum(TF):
+    @staticmethod
+    def forward(x, axis=-1):
+        return torch.from_numpy(np.cumsum(x.detach().numpy(), axis=axis))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, axis = inputs
+        ctx.axis = axis
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.from_numpy(_reverse_cumsum(g.detach().numpy(), ctx.axis).copy()), None
+
+
+class JaxNumpyCumsum(Function):
+    @staticmethod
+    @custom_vjp.host(out_shapes=lambda x, axis=-1: x)  # the port's one new line
+    def forward(x, axis=-1):
+        return np.cumsum(x, axis=axis)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, axis = inputs
+        ctx.axis = axis
+
+    @staticmethod
+    def backward(ctx, g):
+        return custom_vjp.host(_reverse_cumsum, lambda g, axis: g)(g, ctx.axis), None
 
 
 X3 = _arr(3)
@@ -974,6 +1011,9 @@ CASES = {
     "user_jvp": (TorchExpJvp, JaxExpJvp, (X3,), {}),
     "product_rule": (TorchMul, JaxMul, (X3, POS3), {}),
     "product_rule_one_input": (TorchMul, JaxMul, (X3, POS3), {"diff": [0]}),
+    # PyTorch's NumPy backward detaches, so there is no second derivative to compare.
+    "numpy_cumsum_default_axis": (TorchNumpyCumsum, JaxNumpyCumsum, (_arr(2, 4),), {"double": False}),
+    "numpy_cumsum_axis0": (TorchNumpyCumsum, JaxNumpyCumsum, (_arr(3, 2), 0), {"double": False}),
 }
 
 
@@ -1005,6 +1045,31 @@ def test_user_jvp_matches_torch_forward_ad():
         t_tangent = fwAD.unpack_dual(TorchExpJvp.apply(dual)).tangent
     _, j_tangent = jax.jvp(JaxExpJvp.apply, (jnp.asarray(X3),), (jnp.asarray(t),))
     np.testing.assert_allclose(np.asarray(j_tangent), t_tangent.numpy(), rtol=1e-12)
+
+
+def test_save_for_forward_port_matches_torch_forward_ad_under_jit():
+    import torch.autograd.forward_ad as fwAD
+
+    t = _arr(3)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(torch.tensor(X3), torch.tensor(t))
+        t_tangent = fwAD.unpack_dual(TorchExpJvp.apply(dual)).tangent
+    jvp = jax.jit(lambda x, t: jax.jvp(JaxExpJvp.apply, (x,), (t,))[1])
+    np.testing.assert_allclose(np.asarray(jvp(jnp.asarray(X3), jnp.asarray(t))), t_tangent.numpy(), rtol=1e-12)
+
+
+def test_numpy_port_under_jit_and_vmap_matches_torch():
+    x = _arr(4, 3)
+    tx = torch.tensor(x, requires_grad=True)
+    w = _arr(4, 3)
+    (t_grad,) = torch.autograd.grad((TorchNumpyCumsum.apply(tx) * torch.tensor(w)).sum(), tx)
+    loss = lambda x: jnp.sum(JaxNumpyCumsum.apply(x) * jnp.asarray(w))  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(x))), t_grad.numpy(), rtol=1e-12)
+    rows = jax.vmap(jax.grad(lambda r, wr: jnp.sum(JaxNumpyCumsum.apply(r) * wr)))(jnp.asarray(x), jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(rows), t_grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(jax.vmap(JaxNumpyCumsum.apply))(jnp.asarray(x))), np.cumsum(x, axis=-1), rtol=1e-12
+    )
 
 
 def test_forward_mode_derived_from_backward():
