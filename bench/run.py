@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["eager_overhead.py", "vmap_host.py", "plan_vs_eval_shape.py"]
+SCRIPTS = ["eager_overhead.py", "vmap_host.py", "plan_vs_eval_shape.py", "redefinition_probe.py"]
 
 
 def main() -> int:

@@ -181,7 +181,7 @@ class CustomOp:
         rule was (re)registered, or before the op was redefined, would otherwise
         replay the old trace.
         """
-        _registry.bump_epoch()
+        _registry.bump_epoch(self)  # drops the traces that used this op, nothing else
         self._jitted = self._make_jitted()
         # A host op with no autograd formula applies the fallback mode (warn / error)
         # while its derivative is traced.  JAX caches the derivative of a jitted
@@ -335,6 +335,8 @@ class CustomOp:
     def _call(self, values: list[Any], arrays: tuple[Any, ...], statics: tuple[Any, ...]) -> Any:
         leaves = jax.tree_util.tree_leaves(arrays)
         concrete = not any(isinstance(v, _Tracer) for v in leaves)
+        if not concrete:
+            _registry.note_traced(self)
         if not leaves:
             device = self._factory_device(values)
             if concrete and device is not None:
@@ -630,14 +632,18 @@ def _make_fast_call(op: CustomOp) -> Callable[..., Any]:
         "_KEY": _KEY,
         "_profiles": profiles,
         "_DATA_DEPENDENT_ERRORS": _DATA_DEPENDENT_ERRORS,
+        "_Tracer": _Tracer,
+        "_note": _registry.note_traced,
     }
     for i, p in enumerate(params):
         env[f"c{i}"] = p.check
         exact = _EXACT_TYPES.get(p.type.base) if not p.type.is_list and not p.type.optional else None
+        # a traced call records the traces around it (registry.note_traced), off the hot path
+        note = f"\n        if isinstance(a{i}, _Tracer): _note(self)" if p.is_array else ""
         if exact is None:
-            lines.append(f"    a{i} = c{i}(a{i})")
+            lines.append(f"    a{i} = c{i}(a{i})" + note.replace("\n    ", "\n"))
         else:
-            lines.append(f"    if type(a{i}) not in {exact}: a{i} = c{i}(a{i})")
+            lines.append(f"    if type(a{i}) not in {exact}:\n        a{i} = c{i}(a{i})" + note)
     arrays = "".join(f"a{i}, " for i in op._array_idx)
     statics = "".join(f"a{i}, " for i in op._static_idx)
     lines.append("    try:")
