@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["eager_overhead.py", "vmap_host.py", "plan_vs_eval_shape.py", "redefinition_probe.py"]
+SCRIPTS = [
+    "eager_overhead.py",
+    "vmap_host.py",
+    "plan_vs_eval_shape.py",
+    "redefinition_probe.py",
+    "profile_limits_probe.py",
+]
 
 
 def main() -> int:
