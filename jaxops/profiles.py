@@ -40,10 +40,12 @@ This module must not import ``jaxops.op`` at module level.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import io
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,18 +63,27 @@ __all__ = [
 ]
 
 #: True while a ``record_op_profiles()`` or ``unsafe_generate_fake_kernels()``
-#: block is active (checked on every op call; the core then calls ``_record_call``).
+#: block is active in any thread (checked on every op call; the core then calls
+#: ``_record_call``, which looks at the blocks of the calling context only).
 _RECORDING = False
+_BLOCKS = [0]  # active blocks over all threads / contexts
+_BLOCKS_LOCK = threading.Lock()
 
-#: Profiles served as fakes by ``unsafe_generate_fake_kernels``; None when inactive.
-_ACTIVE: dict[str, Any] | None = None
+#: The recorders of the current context (innermost last): each is
+#: (profiles dict, {(name, profile): profile}).  Per ``contextvars`` context, so
+#: a block records the calls of its own thread only.
+_RECORDERS: contextvars.ContextVar[
+    tuple[tuple[dict[str, set[OpProfile]], dict[tuple[str, OpProfile], OpProfile]], ...]
+] = contextvars.ContextVar("jaxops_profile_recorders", default=())
 
-#: Active recorders (innermost last): each is (profiles dict, {(name, profile): profile}).
-_RECORDERS: list[tuple[dict[str, set[OpProfile]], dict[tuple[str, OpProfile], OpProfile]]] = []
-
-#: Active served profile sets (innermost last).
-_SERVING: list[dict[str, set[OpProfile]]] = []
-_SERVING_TOKENS: list[int] = []
+#: The profile sets served in the current context (innermost last), with their
+#: tokens, and their merge (None when none is served).
+_SERVING: contextvars.ContextVar[tuple[tuple[dict[str, set[OpProfile]], int], ...]] = contextvars.ContextVar(
+    "jaxops_served_profiles", default=()
+)
+_ACTIVE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "jaxops_active_profiles", default=None
+)
 _TOKENS = itertools.count(1)
 
 #: Layout of the profile file; bump it whenever the layout changes.
@@ -312,16 +323,18 @@ def _record_call(op: Any, values: list[Any], out: Any) -> None:
     traced through their body, so this is where the check happens for them).
     """
     params = op._binder.params
-    if _ACTIVE is not None and _served_profiles(op) is not None and _is_traced(values):
-        _match(op, _served_profiles(op), _arg_profile(params, values), values)
-    if not _RECORDERS:
+    served = _served_profiles(op)
+    if served is not None and _is_traced(values):
+        _match(op, served, _arg_profile(params, values), values)
+    recorders = _RECORDERS.get()
+    if not recorders:
         return
     out_prof = _out_profile(op, out)
     if out_prof is None:
         return
     prof = OpProfile(_arg_profile(params, values), out_prof)
     hints = _dim_hints(params, values, out)
-    for profiles, seen in _RECORDERS:
+    for profiles, seen in recorders:
         key = (op.name, prof)
         known = seen.get(key)
         if known is None:
@@ -336,17 +349,29 @@ def _is_traced(values: list[Any]) -> bool:
     return any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(values))
 
 
-def _set_recording() -> None:
+@contextlib.contextmanager
+def _block() -> Iterator[None]:
+    """Count an active recording/serving block (any thread) for the op call fast path."""
     global _RECORDING
-    _RECORDING = bool(_RECORDERS) or _ACTIVE is not None
+    with _BLOCKS_LOCK:
+        _BLOCKS[0] += 1
+        _RECORDING = True
+    try:
+        yield
+    finally:
+        with _BLOCKS_LOCK:
+            _BLOCKS[0] -= 1
+            _RECORDING = _BLOCKS[0] > 0
 
 
 @contextlib.contextmanager
 def record_op_profiles() -> Iterator[dict[str, set[OpProfile]]]:
     """Record the profile of every op call made inside the block (eager and traced).
 
-    Yields the profiles dict, filled as calls happen.  A function jitted (and
-    traced) before the block does not call its ops again, so it records nothing.
+    Yields the profiles dict, filled as calls happen.  Only calls made by the
+    thread (``contextvars`` context) that entered the block are recorded.  A
+    function jitted (and traced) before the block does not call its ops again,
+    so it records nothing.
 
     >>> with record_op_profiles() as profiles:
     ...     pass
@@ -354,21 +379,20 @@ def record_op_profiles() -> Iterator[dict[str, set[OpProfile]]]:
     {}
     """
     profiles: dict[str, set[OpProfile]] = {}
-    entry = (profiles, {})
-    _RECORDERS.append(entry)
-    _set_recording()
+    token = _RECORDERS.set(_RECORDERS.get() + ((profiles, {}),))
     try:
-        yield profiles
+        with _block():
+            yield profiles
     finally:
-        _RECORDERS.remove(entry)
-        _set_recording()
+        _RECORDERS.reset(token)
 
 
 # --------------------------------------------------------------------- serving
 def _served_profiles(op: Any) -> set[OpProfile] | None:
-    if _ACTIVE is None:
+    active = _ACTIVE.get()
+    if active is None:
         return None
-    return _ACTIVE.get(op.name) or _ACTIVE.get(op.qualname)
+    return active.get(op.name) or active.get(op.qualname)
 
 
 def _meta_matches(want: Any, got: Any) -> bool:
@@ -493,23 +517,6 @@ def _override_fake(op: Any) -> Any:
     return _make_fake(op, profs)
 
 
-def _refresh_active() -> None:
-    global _ACTIVE
-    if not _SERVING:
-        _ACTIVE = None
-    else:
-        merged: dict[str, Any] = {}
-        for profiles in _SERVING:  # inner blocks override outer ones, per op
-            merged.update(profiles)
-        _ACTIVE = merged
-    _set_recording()
-    from jaxops.registry import set_mode
-
-    # The served set is part of every trace-cache key (jaxops' and JAX's): one token
-    # per active block, so leaving every block restores the earlier caches.
-    set_mode("served_profiles", tuple(_SERVING_TOKENS) or None)
-
-
 @contextlib.contextmanager
 def unsafe_generate_fake_kernels(op_profiles: dict[str, set[OpProfile]]) -> Iterator[None]:
     """Serve fakes generated from ``op_profiles`` while the block is active.
@@ -534,16 +541,22 @@ def unsafe_generate_fake_kernels(op_profiles: dict[str, set[OpProfile]]) -> Iter
             if not isinstance(p, OpProfile):
                 raise TypeError(f"unsafe_generate_fake_kernels: {name}: expected OpProfile, got {type(p).__name__}")
     snapshot = {k: set(v) for k, v in op_profiles.items()}
-    token = next(_TOKENS)
-    _SERVING.append(snapshot)
-    _SERVING_TOKENS.append(token)
-    _refresh_active()
+    serving = _SERVING.get() + ((snapshot, next(_TOKENS)),)
+    merged: dict[str, Any] = {}
+    for profiles, _ in serving:  # inner blocks override outer ones, per op
+        merged.update(profiles)
+    from jaxops.registry import mode_scope
+
+    serving_token = _SERVING.set(serving)
+    active_token = _ACTIVE.set(merged)
     try:
-        yield None
+        # The served set is part of the trace-cache key (jaxops' and JAX's) of this
+        # context: one token per active block, so leaving it restores the earlier caches.
+        with mode_scope("served_profiles", tuple(t for _, t in serving)), _block():
+            yield None
     finally:
-        _SERVING.remove(snapshot)
-        _SERVING_TOKENS.remove(token)
-        _refresh_active()
+        _ACTIVE.reset(active_token)
+        _SERVING.reset(serving_token)
 
 
 # -------------------------------------------------------------------- save/load

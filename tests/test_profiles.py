@@ -137,7 +137,7 @@ def test_unsafe_generate_fake_kernels_overrides_registered_fake_and_restores():
     with jaxops.unsafe_generate_fake_kernels(profiles):
         assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (3,)  # from the dimension hints
     assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (99,)
-    assert jaxops.profiles._ACTIVE is None and jaxops.profiles._RECORDING is False
+    assert jaxops.profiles._ACTIVE.get() is None and jaxops.profiles._RECORDING is False
 
 
 def test_missing_profile_names_the_op():
