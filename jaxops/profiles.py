@@ -906,7 +906,6 @@ class _Decoder:
 
         if not isinstance(doc, dict):
             raise _bad_file(f"expected a mapping at top level, got {type(doc).__name__}")
-        self.mapping(doc, "the top level", (), ("version", "format", "operators"))
         version, fmt = doc.get("version"), doc.get("format")
         if version is not None and not isinstance(version, str):
             raise self.fail("version", "a version string such as '0.1.0'", version)
@@ -918,6 +917,8 @@ class _Decoder:
                 f"(format {fmt!r}) but the current jaxops version is {jaxops.__version__!r} "
                 f"(format {_FORMAT}); record the profiles again with this version"
             )
+        # only now the layout: a file from another version may have another one
+        self.mapping(doc, "the top level", (), ("version", "format", "operators"))
         operators = doc.get("operators")
         if operators is None:
             return {}

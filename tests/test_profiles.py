@@ -410,3 +410,10 @@ def test_junk_arguments_name_the_parameter():
         TensorMetadata("2", "float32", "cpu")
     with pytest.raises(TypeError, match="TensorMetadata: device must be a platform name"):
         TensorMetadata(2, "float32", 5)
+
+
+def test_outdated_files_are_reported_as_outdated_whatever_their_layout():
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text("version: 0.0.0-ancient\nops: {}\n")
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text("torch_version: 2.5\nops: []\n")
