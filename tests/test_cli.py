@@ -225,3 +225,13 @@ def test_python_dash_m_help() -> None:
     assert proc.stdout.startswith("usage: jaxops ")
     for cmd in ("list", "check", "plan", "demo"):
         assert f"    {cmd} " in proc.stdout
+
+
+def test_help_says_that_modules_are_imported_and_cwd_comes_first(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["list", "--help"], ["check", "--help"], ["plan", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            cli.build_parser().parse_args(argv)
+        assert e.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "IMPORT the modules and .py files they are given, which RUNS their code" in text
+        assert "current directory first on sys.path" in text
