@@ -188,7 +188,9 @@ _JAX = _jax_internals()
 
 
 def _record(qualname: str, fun: Any, info: Any) -> None:
-    if fun is None:
+    if fun is None:  # a JAX whose frames look different: stay correct, invalidate everything
+        with _LOCK:
+            _UNTRACKED.add(qualname)
         return
     with _LOCK:
         deps = _DEPENDENTS.get(qualname)
@@ -222,7 +224,8 @@ def note_traced(op: CustomOp) -> None:
         code = frame.f_code
         if code.co_name == "_infer_params" and code.co_filename == pjit_file:
             loc = frame.f_locals
-            _record(op.qualname, loc.get("fun"), loc.get("ji"))
+            info = loc.get("ji")
+            _record(op.qualname, loc.get("fun") if info is not None else None, info)
         else:
             cache = caches.get((code.co_filename, code.co_name))
             if cache is not None:
