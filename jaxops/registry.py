@@ -165,8 +165,10 @@ def _jax_internals() -> dict[str, Any] | None:
         from jax._src.interpreters import pxla as _pxla
         from jax._src.lax import lax as _lax
 
+        # JAX 0.10 decorates ``trace_to_jaxpr`` itself; 0.11 wraps ``trace_to_jaxpr_nocache``
+        traced_name = "trace_to_jaxpr_nocache" if hasattr(_pe, "trace_to_jaxpr_nocache") else "trace_to_jaxpr"
         caches = {
-            (_pe.__file__, "trace_to_jaxpr"): ("fun", _pe.trace_to_jaxpr),
+            (_pe.__file__, traced_name): ("fun", _pe.trace_to_jaxpr),
             (_remat.__file__, "_trace_to_jaxpr"): ("fun", _remat._trace_to_jaxpr),
         }
         composite = getattr(_lax, "_trace_composite_to_jaxpr", None)
