@@ -25,9 +25,12 @@ The trace key -- ``_KEY[0]``, ``(global epoch, modes)`` of the current context
 -- is part of every op's jit cache key and, through a JAX user context
 (thread-local when a context sets a mode), of JAX's own trace/compile caches.
 
-Known limit: a jitted function traced only *inside* another trace, at a time
-when every function it called that used the op was already cached, is not seen;
-its cached trace is dropped only with ``bump_epoch()``.
+A jitted function traced only *inside* another trace, at a time when every
+function it called that used the op was already cached, never calls the op: the
+listener finds it when the enclosing program is lowered (by its source
+location among JAX's cached traces).  Known limit: such a function traced under
+``jax.eval_shape`` / ``.trace()`` only (never compiled) is not seen; ``bump_epoch()``
+drops it.
 """
 
 from __future__ import annotations
@@ -236,18 +239,55 @@ def note_traced(op: CustomOp) -> None:
     _listen()
 
 
-def _ops_in(jaxpr: Any, found: set[str], seen: set[int]) -> None:
+def _ops_in(jaxpr: Any, nested: dict[str, set[str]], memo: dict[int, frozenset[str]]) -> frozenset[str]:
+    """The op names used anywhere in ``jaxpr``; fills ``nested`` with the ops of each nested ``jit``.
+
+    ``nested`` maps a nested jitted function's source info (``"f at file.py:12"``)
+    to the ops its program uses (the ops' own jits are left out).
+    """
     from jax._src import core
 
-    if id(jaxpr) in seen:
-        return
-    seen.add(id(jaxpr))
+    key = id(jaxpr)
+    if key in memo:
+        return memo[key]
+    memo[key] = frozenset()
+    found: set[str] = set()
     for eqn in jaxpr.eqns:
         name = eqn.params.get("name")
-        if isinstance(name, str) and "::" in name:
+        is_op = isinstance(name, str) and "::" in name
+        if is_op:
             found.update(_OP_NAME.findall(name))
         for sub in core.jaxprs_in_params(eqn.params):
-            _ops_in(sub, found, seen)
+            inner = _ops_in(sub, nested, memo)
+            found |= inner
+            if inner and not is_op and "jaxpr" in eqn.params:  # a nested jit using ops
+                src = getattr(getattr(sub, "debug_info", None), "func_src_info", None)
+                if isinstance(src, str):
+                    nested.setdefault(src, set()).update(inner)
+    memo[key] = frozenset(found)
+    return memo[key]
+
+
+def _record_nested(nested: dict[str, set[str]]) -> None:
+    """Record the cached nested jits whose programs use ops (matched by source info).
+
+    A jitted function traced only inside another trace, reusing the cached trace
+    of a function that used the op, never calls the op itself: find it among
+    JAX's cached traces by its source location (functions defined at the same
+    place are all recorded, which only costs them a retrace).
+    """
+    for key in _JAX["infer_params_cached"].cache_keys():  # type: ignore[index]
+        try:
+            ref, _, args, _ = key
+            fun, info = ref(), args[0]
+            ops = nested.get(info.fun_sourceinfo)
+        except Exception:  # noqa: BLE001 - another JAX's key layout: nothing to learn
+            return
+        if fun is None or not ops:
+            continue
+        for qualname in ops:
+            if qualname in _OPS:
+                _record(qualname, fun, info)
 
 
 def _on_lowering(event: str, duration_secs: float, **kwargs: Any) -> None:
@@ -255,7 +295,8 @@ def _on_lowering(event: str, duration_secs: float, **kwargs: Any) -> None:
 
     Runs while JAX lowers a program, inside the ``jit`` call that compiles it;
     finds that call's function and the program in the enclosing frames.  This
-    catches ops reached through a nested ``jit`` whose own trace was cached.
+    catches ops reached through a nested ``jit`` whose own trace was cached (and
+    records such nested jits too).
     """
     del duration_secs, kwargs
     if _JAX is None or event != _JAX["lower_event"] or not _OPS:
@@ -273,14 +314,16 @@ def _on_lowering(event: str, duration_secs: float, **kwargs: Any) -> None:
         frame = frame.f_back
     if jaxpr is None or fun is None:
         return
-    found: set[str] = set()
+    nested: dict[str, set[str]] = {}
     try:
-        _ops_in(getattr(jaxpr, "jaxpr", jaxpr), found, set())
+        found = _ops_in(getattr(jaxpr, "jaxpr", jaxpr), nested, {})
+        for qualname in found:
+            if qualname in _OPS:
+                _record(qualname, fun, info)
+        if nested:
+            _record_nested(nested)
     except Exception:  # noqa: BLE001 - never break a compilation over bookkeeping
         return
-    for qualname in found:
-        if qualname in _OPS:
-            _record(qualname, fun, info)
 
 
 def _listen() -> None:

@@ -187,3 +187,25 @@ def test_bump_epoch_without_an_op_invalidates_every_trace():
         registry.bump_epoch()
         reg_all(X)
     assert c.compiles["reg_all"] == 1
+
+
+def test_middle_jit_traced_only_inside_another_reuses_a_cached_inner_trace():
+    _define_scale(2.0)
+
+    @jax.jit
+    def reg_leaf(v):
+        return jaxops.ops.regtest.scale(v)
+
+    reg_leaf(X)  # cached first
+
+    @jax.jit
+    def reg_middle(v):  # only ever traced inside reg_top, reusing reg_leaf's trace
+        return reg_leaf(v) + 1
+
+    @jax.jit
+    def reg_top(v):
+        return reg_middle(v) * 10
+
+    np.testing.assert_allclose(reg_top(X), 30.0)
+    _define_scale(7.0)
+    np.testing.assert_allclose(reg_top(X), 80.0)
