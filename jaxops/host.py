@@ -117,13 +117,16 @@ def _interrupt_caller(op_name: str) -> None:
     the computation: a one-shot trace function on that frame replaces the
     ``JaxRuntimeError`` arriving there with ``KeyboardInterrupt`` (naming the op).
     When the callback runs on a runtime thread (accelerators), the main thread
-    is interrupted instead, as Ctrl-C would.  A thread already traced (a debugger,
-    coverage) is left alone: it gets the error naming the op.
+    is interrupted instead, as Ctrl-C would.  While a tracer is installed (a
+    debugger, coverage) it is left alone: the caller gets the ``JaxRuntimeError``,
+    whose message names the op and ``KeyboardInterrupt``.
     """
     if threading.current_thread() is not threading.main_thread():
         _thread.interrupt_main()
         return
     if sys.gettrace() is not None:
+        # A tracer (debugger, coverage) is installed; raising from a trace function
+        # would uninstall it, so the caller gets the error naming the op instead.
         return
     machinery = {__file__, _jax_callback.__file__}
     frame = sys._getframe(1)

@@ -66,3 +66,22 @@ def test_other_kernel_errors_keep_their_runtime_error():
     op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
     with pytest.raises(RuntimeError, match="interrupt::fails: the host kernel raised ValueError: bad input"):
         jax.jit(op)(jnp.ones(3))
+
+
+def test_an_installed_tracer_is_left_alone_and_the_error_names_the_op():
+    op, _ = _interrupting_op("traced")
+    f = jax.jit(lambda v: op(v) + 1)
+    events: list[str] = []
+
+    def tracer(frame, event, arg):
+        events.append(event)
+        return None
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(RuntimeError, match=r"interrupt::traced: the host kernel was interrupted \(KeyboardInterrupt\)"):
+            f(jnp.ones(3))
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(None)
+    assert "call" in events
