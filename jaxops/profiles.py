@@ -696,16 +696,16 @@ def _limited_loader_class() -> type:
 
     try:
         from yaml._yaml import CParser as Parser  # libyaml: events only, composed below
-    except ImportError:  # pragma: no cover - PyYAML without libyaml
-        from yaml.parser import Parser  # type: ignore[assignment]
+    except ImportError:  # PyYAML without libyaml: the pure-Python reader, scanner and parser
+        from yaml.parser import Parser as _YamlParser
         from yaml.reader import Reader
         from yaml.scanner import Scanner
 
-        class _PyParser(Reader, Scanner, Parser):  # type: ignore[misc,valid-type]
+        class _PyParser(Reader, Scanner, _YamlParser):
             def __init__(self, stream: Any) -> None:
                 Reader.__init__(self, stream)
                 Scanner.__init__(self)
-                Parser.__init__(self)
+                _YamlParser.__init__(self)
 
         Parser = _PyParser  # type: ignore[assignment,misc]
 

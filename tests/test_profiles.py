@@ -417,3 +417,21 @@ def test_outdated_files_are_reported_as_outdated_whatever_their_layout():
         _load_text("version: 0.0.0-ancient\nops: {}\n")
     with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
         _load_text("torch_version: 2.5\nops: []\n")
+
+
+def test_limits_hold_with_the_pure_python_yaml_parser(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "yaml._yaml", None)  # as if PyYAML had no libyaml
+    monkeypatch.setattr(_profiles, "_LOADER", [])
+    with pytest.raises(ValueError, match="MAX_NODES"):
+        _load_text(HEAD + "junk:\n" + "".join("  " + ln + "\n" for ln in _laughs("1").splitlines()))
+    with pytest.raises(ValueError, match="MAX_DEPTH"):
+        _load_text(HEAD + "junk: " + "[" * 5_000 + "]" * 5_000 + "\n")
+    with pytest.raises(ValueError, match="recursive alias"):
+        _load_text(HEAD + "junk: &a [1, *a]\n")
+    with pytest.raises(ValueError, match="Python object tags are refused"):
+        _load_text(HEAD + "operators: !!python/name:os.system {}\n")
+    (prof,) = _load_text(_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: float32}\n"))["ns::op"]
+    assert prof.out_profile.rank == 2
+    assert "CParser" not in [c.__name__ for c in _profiles._LOADER[0].__mro__]
