@@ -537,6 +537,11 @@ def unsafe_generate_fake_kernels(op_profiles: dict[str, set[OpProfile]]) -> Iter
     for name, profs in op_profiles.items():
         if not isinstance(name, str) or "::" not in name:
             raise ValueError(f"unsafe_generate_fake_kernels: keys must be op names 'ns::name', got {name!r}")
+        if isinstance(profs, OpProfile) or not isinstance(profs, (set, frozenset, list, tuple)):
+            raise TypeError(
+                f"unsafe_generate_fake_kernels: op_profiles[{name!r}] must be a set of OpProfile, "
+                f"got {type(profs).__name__} {_cut(repr(profs))}"
+            )
         for p in profs:
             if not isinstance(p, OpProfile):
                 raise TypeError(f"unsafe_generate_fake_kernels: {name}: expected OpProfile, got {type(p).__name__}")

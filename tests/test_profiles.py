@@ -410,6 +410,9 @@ def test_junk_arguments_name_the_parameter():
         TensorMetadata("2", "float32", "cpu")
     with pytest.raises(TypeError, match="TensorMetadata: device must be a platform name"):
         TensorMetadata(2, "float32", 5)
+    with pytest.raises(TypeError, match=r"unsafe_generate_fake_kernels: op_profiles\['ns::op'\] must be a set"):
+        with jaxops.unsafe_generate_fake_kernels({"ns::op": 5}):
+            pass
 
 
 def test_outdated_files_are_reported_as_outdated_whatever_their_layout():
