@@ -30,7 +30,9 @@ function it called that used the op was already cached, never calls the op: the
 listener finds it when the enclosing program is lowered (by its source
 location among JAX's cached traces).  Known limit: such a function traced under
 ``jax.eval_shape`` / ``.trace()`` only (never compiled) is not seen; ``bump_epoch()``
-drops it.
+drops it.  A global change (``set_mode``, ``bump_epoch()``) made while another
+thread is inside a ``mode_scope`` reaches that thread's trace key when it
+leaves the scope.
 """
 
 from __future__ import annotations
