@@ -376,8 +376,18 @@ def bump_epoch(op: CustomOp | str | None = None) -> None:
 
 
 def register(op: CustomOp) -> None:
-    """Add ``op`` to the table, replacing an op of the same name and overload."""
-    _OPS.setdefault(op.qualname, {})[op.overload_name] = op
+    """Add ``op`` to the table, replacing an op of the same name and overload.
+
+    Replacing drops the traces that used the old op once more, now that a retrace
+    finds the new one (a thread tracing while the op was being built may have
+    recorded the old one).
+    """
+    overloads = _OPS.setdefault(op.qualname, {})
+    old = overloads.get(op.overload_name)
+    overloads[op.overload_name] = op
+    if old is not None and old is not op:
+        _EPOCH[0] += 1
+        _invalidate(op.qualname)
 
 
 def unregister(qualname: str, overload: str | None = None) -> None:
