@@ -54,7 +54,7 @@ def test_redefinition_recompiles_users_only_and_they_run_the_new_definition():
 
 
 def test_defining_new_ops_recompiles_nothing():
-    _define_scale(2.0)
+    scale = _define_scale(2.0)
 
     @jax.jit
     def reg_uses_scale(v):
@@ -66,13 +66,17 @@ def test_defining_new_ops_recompiles_nothing():
 
     reg_uses_scale(X)
     reg_plain(X)
+    scale(X)  # the op's own eager jit
     with jaxops.compile_counter() as c:
         for i in range(3):
-            _define_scale(float(i), name=f"regtest::fresh{i}")
+            fresh = _define_scale(float(i), name=f"regtest::fresh{i}")
+            fresh.register_kernel("cpu")(lambda x: x - 1)
             reg_uses_scale(X)
             reg_plain(X)
+            np.testing.assert_allclose(scale(X), 2.0)
     assert c.compiles["reg_uses_scale"] == 0
     assert c.compiles["reg_plain"] == 0
+    assert c.compiles["regtest::scale"] == 0
 
 
 def test_nested_jit_traced_before_its_caller_is_invalidated():
