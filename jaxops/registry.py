@@ -97,10 +97,21 @@ def _publish() -> None:
 
 
 def epoch() -> Any:
+    """The trace key of the current context (``_KEY[0]``): global epoch and modes; hashable.
+
+    The static part of every op's jit cache key.  It changes with modes and with
+    ``bump_epoch()`` (no op), *not* with a registration of one op: those drop
+    exactly the traces that used the op (see :func:`bump_epoch`), so other ops'
+    caches survive.
+    """
+    return _KEY[0]
+
+
+def registrations() -> Any:
     """A hashable value that changes on every registration and mode change.
 
-    For jaxops' own caches of whole-program results (``jaxops.plan``); JAX's caches
-    are invalidated per op instead (see :func:`bump_epoch`).
+    For jaxops' own caches of whole-program results (``jaxops.plan``), which are
+    not tracked per op.
     """
     return (_EPOCH[0], _KEY[0])
 
@@ -556,6 +567,7 @@ __all__ = [
     "mode_scope",
     "note_traced",
     "ops",
+    "registrations",
     "register",
     "set_mode",
 ]
