@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["eager_overhead.py", "vmap_host.py", "plan_vs_eval_shape.py", "ffi_ops.py", "opcheck_scaling.py"]
+SCRIPTS = [
+    "eager_overhead.py",
+    "vmap_host.py",
+    "plan_vs_eval_shape.py",
+    "ffi_ops.py",
+    "opcheck_scaling.py",
+    "redefinition_probe.py",
+    "profile_limits_probe.py",
+    "equinox_step.py",
+]
 #: Scripts that start their own JAX in a subprocess (the device count is fixed at JAX's start).
 SUBPROCESS_SCRIPTS = ["sharded_step.py"]
 #: sharded_step.py's arguments without several accelerators: 4 forced CPU devices, sizes whose

@@ -35,42 +35,47 @@ from jaxops.definition import AutogradInfo, OpDefinition
 Stage = Callable[[list[Any]], Any]
 
 _MODES = ("warn", "nothing", "error")
-_fallback_mode = ["warn"]
+_MODE_KEY = "autograd_fallback"  # registry mode name; "warn", the default, is stored as None
+
+
+def _check_mode(mode: Any) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"autograd fallback mode must be one of {_MODES}, got {mode!r}")
 
 
 def set_autograd_fallback_mode(mode: str) -> None:
     """Set globally what differentiating a host op with no autograd formula does.
 
+    The global value is the default of every thread and context that does not
+    set one with :func:`autograd_fallback_mode`.
+
     >>> import jaxops
     >>> jaxops.set_autograd_fallback_mode("warn")
     """
-    if mode not in _MODES:
-        raise ValueError(f"autograd fallback mode must be one of {_MODES}, got {mode!r}")
-    if _fallback_mode[0] != mode:
-        _fallback_mode[0] = mode
-        # part of every trace-cache key, by value ("warn", the default, adds nothing)
-        _registry.set_mode("autograd_fallback", None if mode == "warn" else mode)
+    _check_mode(mode)
+    # part of every trace-cache key, by value ("warn", the default, adds nothing)
+    _registry.set_mode(_MODE_KEY, None if mode == "warn" else mode)
 
 
 def get_autograd_fallback_mode() -> str:
-    """The current autograd fallback mode."""
-    return _fallback_mode[0]
+    """The autograd fallback mode of the current thread / context."""
+    return _registry.get_mode(_MODE_KEY, "warn")
 
 
 @contextlib.contextmanager
 def autograd_fallback_mode(mode: str) -> Iterator[None]:
-    """Context manager form of :func:`set_autograd_fallback_mode`.
+    """Set the autograd fallback mode inside the block, for the current thread / context only.
+
+    Other threads (and other ``contextvars`` contexts, e.g. asyncio tasks) keep
+    their own mode; functions traced inside are retraced outside.
 
     >>> import jaxops
     >>> with jaxops.autograd_fallback_mode("nothing"):
     ...     pass
     """
-    previous = get_autograd_fallback_mode()
-    set_autograd_fallback_mode(mode)
-    try:
+    _check_mode(mode)
+    with _registry.mode_scope(_MODE_KEY, None if mode == "warn" else mode):
         yield
-    finally:
-        set_autograd_fallback_mode(previous)
 
 
 # --------------------------------------------------------------------- the stage

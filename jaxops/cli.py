@@ -13,6 +13,11 @@ which is put on ``sys.path`` like ``python -m`` does) or a path to a ``.py``
 file.  The ops of a module are the ``CustomOp`` objects among its attributes
 plus every registered op whose definition site is in the module's file.
 
+Security: ``list``, ``check`` and ``plan`` *import* the modules and files they
+are given, which runs their code, and put the current directory first on
+``sys.path`` (so a ``json.py`` there shadows the standard library's): run them
+only on code you trust, from a directory you trust.  ``jaxops --help`` says so.
+
 Exit codes: 0 success, 1 a check failed (or there was nothing to check),
 2 a usage error (bad arguments, a module that cannot be imported).
 """
@@ -472,11 +477,19 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+_TRUST_NOTE = (
+    "list, check and plan IMPORT the modules and .py files they are given, which RUNS their code, "
+    "and put the current directory first on sys.path (its modules shadow installed ones): use them "
+    "only on code you trust, from a directory you trust."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxops`` argument parser (subcommands ``list``, ``check``, ``plan``, ``demo``)."""
     parser = argparse.ArgumentParser(
         prog="jaxops",
         description="PyTorch's custom operators (torch.library) for JAX: inspect, check and plan ops.",
+        epilog=_TRUST_NOTE,
     )
     try:
         from jaxops import __version__ as version
@@ -486,17 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("list", help="list the ops of modules: schema, kernels, fake/autograd/vmap")
+    p = sub.add_parser("list", epilog=_TRUST_NOTE, help="list the ops of modules: schema, kernels, fake/autograd/vmap")
     p.add_argument("modules", nargs="*", metavar="MODULE", help="module name or .py path (default: every registered op)")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("check", help="run jaxops.opcheck over every op with registered sample inputs")
+    p = sub.add_parser("check", epilog=_TRUST_NOTE, help="run jaxops.opcheck over every op with registered sample inputs")
     p.add_argument("modules", nargs="+", metavar="MODULE", help="module name or .py path")
     p.add_argument("--checks", help="comma-separated subset of the opcheck test_utils (default: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="print whole failure messages and JAX's callback logs")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("plan", help="shape-only plan of a function (jaxops.plan) as a table")
+    p = sub.add_parser("plan", epilog=_TRUST_NOTE, help="shape-only plan of a function (jaxops.plan) as a table")
     p.add_argument("target", metavar="MODULE:FUNCTION")
     p.add_argument(
         "--shape", action="append", metavar="NAME=DIMS[:DTYPE]",

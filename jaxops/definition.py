@@ -229,7 +229,7 @@ class OpDefinition:
 
     def changed(self) -> None:
         """Signal a change: bump the global epoch, drop caches, tell subscribers."""
-        registry.bump_epoch()
+        registry.bump_epoch(self.qualname)  # drops the traces that used this op, nothing else
         self.cache.clear()
         for fn in self._subscribers:
             fn()

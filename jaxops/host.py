@@ -16,13 +16,17 @@ subclass carrying our message); the process stays usable.
 
 from __future__ import annotations
 
+import _thread
 import functools
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import callback as _jax_callback
 
 from custom_vjp.rules import vary_to, vma_of
 
@@ -194,6 +198,44 @@ def _dtype_kind(dtype: Any) -> str:
         if jnp.issubdtype(dtype, family):
             return kind
     return str(np.dtype(dtype))
+def _interrupt_caller(op_name: str) -> None:
+    """Make a ``KeyboardInterrupt`` raised in a host kernel reach the caller as one.
+
+    JAX turns any exception of a callback into a ``JaxRuntimeError``.  On the CPU
+    the callback runs on the calling thread, below the Python frame that started
+    the computation: a one-shot trace function on that frame replaces the
+    ``JaxRuntimeError`` arriving there with ``KeyboardInterrupt`` (naming the op).
+    When the callback runs on a runtime thread (accelerators), the main thread
+    is interrupted instead, as Ctrl-C would.  While a tracer is installed (a
+    debugger, coverage) it is left alone: the caller gets the ``JaxRuntimeError``,
+    whose message names the op and ``KeyboardInterrupt``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        _thread.interrupt_main()
+        return
+    if sys.gettrace() is not None:
+        # A tracer (debugger, coverage) is installed; raising from a trace function
+        # would uninstall it, so the caller gets the error naming the op instead.
+        return
+    machinery = {__file__, _jax_callback.__file__}
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename in machinery:
+        frame = frame.f_back
+    if frame is None:
+        return
+    target = frame
+
+    def local(f: Any, event: str, arg: Any) -> Any:
+        if f is target and event in ("exception", "return"):
+            target.f_trace = None
+            sys.settrace(None)
+            if event == "exception":
+                raise KeyboardInterrupt(f"{op_name}: interrupted inside the host kernel")
+        return local
+
+    target.f_trace_lines = False
+    target.f_trace = local
+    sys.settrace(lambda f, event, arg: None)  # tracing on for this thread; no other frame is traced
 
 
 def make_callback(
@@ -217,6 +259,9 @@ def make_callback(
         np_args = [np.asarray(a) for a in args]
         try:
             out = body(*np_args)
+        except KeyboardInterrupt as e:  # Ctrl-C: the caller gets a KeyboardInterrupt naming the op
+            _interrupt_caller(op_name)
+            raise HostKernelError(f"{op_name}: the host kernel was interrupted (KeyboardInterrupt)") from e
         except Exception as e:  # noqa: BLE001
             raise HostKernelError(_describe(op_name, e)) from e
         leaves, treedef = conform_outputs(op_name, out, expected, batched=batched)

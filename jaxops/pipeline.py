@@ -117,6 +117,8 @@ class Pipeline:
         d = self.defn
         leaves = jax.tree_util.tree_leaves(arrays)
         concrete = not any(isinstance(v, _Tracer) for v in leaves)
+        if not concrete:
+            registry.note_traced(d)  # the traces around this call depend on the op
         if not leaves:
             device = self._factory_device(values)
             if concrete and device is not None:
@@ -236,6 +238,8 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
         "_jx_DDE": DATA_DEPENDENT_ERRORS,
         "_jx_fallback": pipe.fast_fallback,
         "_jx_pick": _pick,
+        "_jx_TR": _Tracer,
+        "_jx_note": functools.partial(registry.note_traced, d),
     }
     sig: list[str] = []
     kwonly: list[str] = []
@@ -254,7 +258,12 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
         n, t = p.name, p.type
         guard = f"{n} is not None and " if t.optional else ""
         if p.kind == "tensor":
-            checks.append(f"    if {guard}type({n}) not in _jx_ARR: {n} = _jx_c{i}({n})")
+            # off the hot path: a traced call records the traces around it (registry.note_traced)
+            checks += [
+                f"    if {guard}type({n}) not in _jx_ARR:",
+                f"        {n} = _jx_c{i}({n})",
+                f"        if isinstance({n}, _jx_TR): _jx_note()",
+            ]
         elif p.kind == "tensor_list" and t.list_size is None:  # a list of exact arrays passes as is
             checks += [
                 f"    if {guard}type({n}) is not list: {n} = _jx_c{i}({n})",
@@ -262,6 +271,7 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
                 f"        for _jx_e in {n}:",
                 "            if type(_jx_e) not in _jx_ARR:",
                 f"                {n} = _jx_c{i}({n})",
+                f"                if any(isinstance(_jx_t, _jx_TR) for _jx_t in {n}): _jx_note()",
                 "                break",
             ]
         elif p.kind == "static" and t.base in _EXACT and not t.is_list:

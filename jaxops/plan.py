@@ -1221,7 +1221,7 @@ def plan(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Plan:
             key = (
                 treedef,
                 tuple(_leaf_key(v) if a else ("static", type(v), v) for v, a in zip(abstract, is_arr)),
-                _registry.epoch(),
+                _registry.registrations(),  # any registration may change a plan
             )
             hit = cache.get(key)
         except TypeError:

@@ -42,10 +42,12 @@ This module must not import ``jaxops.op`` at module level.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import io
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,21 +67,33 @@ __all__ = [
 ]
 
 #: True while a ``record_op_profiles()`` or ``unsafe_generate_fake_kernels()``
-#: block is active (checked on every op call; the core then calls ``_record_call``).
+#: block is active in any thread (checked on every op call; the core then calls
+#: ``_record_call``, which looks at the blocks of the calling context only).
 _RECORDING = False
+_BLOCKS = [0]  # active blocks over all threads / contexts
+_BLOCKS_LOCK = threading.Lock()
 
-#: Profiles served as fakes by ``unsafe_generate_fake_kernels``; None when inactive.
-_ACTIVE: dict[str, Any] | None = None
+#: The recorders of the current context (innermost last): each is
+#: (profiles dict, {(name, profile): profile}).  Per ``contextvars`` context, so
+#: a block records the calls of its own thread only.
+_RECORDERS: contextvars.ContextVar[
+    tuple[tuple[dict[str, set[OpProfile]], dict[tuple[str, OpProfile], OpProfile]], ...]
+] = contextvars.ContextVar("jaxops_profile_recorders", default=())
 
-#: Active recorders (innermost last): each is (profiles dict, {(name, profile): profile}).
-_RECORDERS: list[tuple[dict[str, set[OpProfile]], dict[tuple[str, OpProfile], OpProfile]]] = []
-
-#: Active served profile sets (innermost last).
-_SERVING: list[dict[str, set[OpProfile]]] = []
-_SERVING_TOKENS: list[int] = []
+#: The profile sets served in the current context (innermost last), with their
+#: tokens, and their merge (None when none is served).
+_SERVING: contextvars.ContextVar[tuple[tuple[dict[str, set[OpProfile]], int], ...]] = contextvars.ContextVar(
+    "jaxops_served_profiles", default=()
+)
+_ACTIVE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "jaxops_active_profiles", default=None
+)
 _TOKENS = itertools.count(1)
 
+#: Layout of the profile file; bump it whenever the layout changes.
 _FORMAT = 1
+#: Largest rank a :class:`TensorMetadata` (and a loaded profile) may have (NumPy's limit).
+MAX_RANK = 64
 
 
 
@@ -116,10 +130,24 @@ class TensorMetadata:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank < 0:
-            raise ValueError(f"TensorMetadata: rank must be a non-negative int, got {self.rank!r}")
-        object.__setattr__(self, "rank", int(self.rank))
-        object.__setattr__(self, "dtype", np.dtype(jax.numpy.dtype(self.dtype)))
+        rank = self.rank
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
+            raise ValueError(f"TensorMetadata: rank must be a non-negative int, got {_cut(repr(rank))}")
+        if rank > MAX_RANK:
+            raise ValueError(f"TensorMetadata: rank must be at most {MAX_RANK} (MAX_RANK), got {int(rank)}")
+        object.__setattr__(self, "rank", int(rank))
+        try:
+            dtype = np.dtype(jax.numpy.dtype(self.dtype))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"TensorMetadata: dtype must be a dtype or a dtype name such as 'float32', got {_cut(repr(self.dtype))}"
+            ) from None
+        object.__setattr__(self, "dtype", dtype)
+        if not isinstance(self.device, (str, jax.Device)):
+            raise TypeError(
+                "TensorMetadata: device must be a platform name such as 'cpu' or a jax.Device, "
+                f"got {type(self.device).__name__} {_cut(repr(self.device))}"
+            )
         object.__setattr__(self, "device", _platform(self.device))
 
     @staticmethod
@@ -167,12 +195,29 @@ class OpProfile:
     dims: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "args_profile", tuple(_plain(v) for v in self.args_profile))
+        args = self.args_profile
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(
+                "OpProfile: args_profile must be a tuple (a TensorMetadata per array argument, the plain "
+                f"value of every other argument), got {type(args).__name__} {_cut(repr(args))}"
+            )
+        plain = tuple(_plain(v) for v in args)
+        for i, v in enumerate(plain):
+            try:
+                hash(v)
+            except TypeError:
+                raise TypeError(
+                    f"OpProfile: args_profile[{i}] must be a TensorMetadata or a hashable plain value, "
+                    f"got {type(v).__name__} {_cut(repr(v))}"
+                ) from None
+        object.__setattr__(self, "args_profile", plain)
         out = self.out_profile
         if isinstance(out, list):
             object.__setattr__(self, "out_profile", tuple(out))
         out = self.out_profile
         leaves = out if isinstance(out, tuple) else (out,)
+        if not leaves:
+            raise TypeError("OpProfile: out_profile must be a TensorMetadata or a non-empty tuple of them, got ()")
         for o in leaves:
             if not isinstance(o, TensorMetadata):
                 raise TypeError(
@@ -282,16 +327,18 @@ def _record_call(op: Any, values: list[Any], out: Any) -> None:
     traced through their body, so this is where the check happens for them).
     """
     params = op.binder.params
-    if _ACTIVE is not None and _served_profiles(op) is not None and _is_traced(values):
-        _match(op, _served_profiles(op), _arg_profile(params, values), values)
-    if not _RECORDERS:
+    served = _served_profiles(op)
+    if served is not None and _is_traced(values):
+        _match(op, served, _arg_profile(params, values), values)
+    recorders = _RECORDERS.get()
+    if not recorders:
         return
     out_prof = _out_profile(op, out)
     if out_prof is None:
         return
     prof = OpProfile(_arg_profile(params, values), out_prof)
     hints = _dim_hints(params, values, out)
-    for profiles, seen in _RECORDERS:
+    for profiles, seen in recorders:
         key = (op.name, prof)
         known = seen.get(key)
         if known is None:
@@ -306,18 +353,30 @@ def _is_traced(values: list[Any]) -> bool:
     return any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(values))
 
 
-def _set_recording() -> None:
+@contextlib.contextmanager
+def _block() -> Iterator[None]:
+    """Count an active recording/serving block (any thread) for the op call fast path."""
     global _RECORDING
-    _RECORDING = bool(_RECORDERS) or _ACTIVE is not None
-    hooks.set_call_recorder(_record_call if _RECORDING else None)
+    with _BLOCKS_LOCK:
+        _BLOCKS[0] += 1
+        _RECORDING = True
+    try:
+        yield
+    finally:
+        with _BLOCKS_LOCK:
+            _BLOCKS[0] -= 1
+            _RECORDING = _BLOCKS[0] > 0
+            hooks.set_call_recorder(_record_call if _RECORDING else None)
 
 
 @contextlib.contextmanager
 def record_op_profiles() -> Iterator[dict[str, set[OpProfile]]]:
     """Record the profile of every op call made inside the block (eager and traced).
 
-    Yields the profiles dict, filled as calls happen.  A function jitted (and
-    traced) before the block does not call its ops again, so it records nothing.
+    Yields the profiles dict, filled as calls happen.  Only calls made by the
+    thread (``contextvars`` context) that entered the block are recorded.  A
+    function jitted (and traced) before the block does not call its ops again,
+    so it records nothing.
 
     >>> with record_op_profiles() as profiles:
     ...     pass
@@ -325,21 +384,20 @@ def record_op_profiles() -> Iterator[dict[str, set[OpProfile]]]:
     {}
     """
     profiles: dict[str, set[OpProfile]] = {}
-    entry = (profiles, {})
-    _RECORDERS.append(entry)
-    _set_recording()
+    token = _RECORDERS.set(_RECORDERS.get() + ((profiles, {}),))
     try:
-        yield profiles
+        with _block():
+            yield profiles
     finally:
-        _RECORDERS.remove(entry)
-        _set_recording()
+        _RECORDERS.reset(token)
 
 
 # --------------------------------------------------------------------- serving
 def _served_profiles(op: Any) -> set[OpProfile] | None:
-    if _ACTIVE is None:
+    active = _ACTIVE.get()
+    if active is None:
         return None
-    return _ACTIVE.get(op.name) or _ACTIVE.get(op.qualname)
+    return active.get(op.name) or active.get(op.qualname)
 
 
 def _meta_matches(want: Any, got: Any) -> bool:
@@ -467,23 +525,6 @@ def _override_fake(op: Any) -> Any:
 hooks.set_fake_override(_override_fake)
 
 
-def _refresh_active() -> None:
-    global _ACTIVE
-    if not _SERVING:
-        _ACTIVE = None
-    else:
-        merged: dict[str, Any] = {}
-        for profiles in _SERVING:  # inner blocks override outer ones, per op
-            merged.update(profiles)
-        _ACTIVE = merged
-    _set_recording()
-    from jaxops.registry import set_mode
-
-    # The served set is part of every trace-cache key (jaxops' and JAX's): one token
-    # per active block, so leaving every block restores the earlier caches.
-    set_mode("served_profiles", tuple(_SERVING_TOKENS) or None)
-
-
 @contextlib.contextmanager
 def unsafe_generate_fake_kernels(op_profiles: dict[str, set[OpProfile]]) -> Iterator[None]:
     """Serve fakes generated from ``op_profiles`` while the block is active.
@@ -504,20 +545,31 @@ def unsafe_generate_fake_kernels(op_profiles: dict[str, set[OpProfile]]) -> Iter
     for name, profs in op_profiles.items():
         if not isinstance(name, str) or "::" not in name:
             raise ValueError(f"unsafe_generate_fake_kernels: keys must be op names 'ns::name', got {name!r}")
+        if isinstance(profs, OpProfile) or not isinstance(profs, (set, frozenset, list, tuple)):
+            raise TypeError(
+                f"unsafe_generate_fake_kernels: op_profiles[{name!r}] must be a set of OpProfile, "
+                f"got {type(profs).__name__} {_cut(repr(profs))}"
+            )
         for p in profs:
             if not isinstance(p, OpProfile):
                 raise TypeError(f"unsafe_generate_fake_kernels: {name}: expected OpProfile, got {type(p).__name__}")
     snapshot = {k: set(v) for k, v in op_profiles.items()}
-    token = next(_TOKENS)
-    _SERVING.append(snapshot)
-    _SERVING_TOKENS.append(token)
-    _refresh_active()
+    serving = _SERVING.get() + ((snapshot, next(_TOKENS)),)
+    merged: dict[str, Any] = {}
+    for profiles, _ in serving:  # inner blocks override outer ones, per op
+        merged.update(profiles)
+    from jaxops.registry import mode_scope
+
+    serving_token = _SERVING.set(serving)
+    active_token = _ACTIVE.set(merged)
     try:
-        yield None
+        # The served set is part of the trace-cache key (jaxops' and JAX's) of this
+        # context: one token per active block, so leaving it restores the earlier caches.
+        with mode_scope("served_profiles", tuple(t for _, t in serving)), _block():
+            yield None
     finally:
-        _SERVING.remove(snapshot)
-        _SERVING_TOKENS.remove(token)
-        _refresh_active()
+        _ACTIVE.reset(active_token)
+        _SERVING.reset(serving_token)
 
 
 # -------------------------------------------------------------------- save/load
@@ -525,14 +577,6 @@ def _enc_meta(m: TensorMetadata | None) -> Any:
     if m is None:
         return None
     return {"rank": m.rank, "dtype": m.dtype.name, "device": m.device}
-
-
-def _dec_meta(d: Any) -> TensorMetadata | None:
-    if d is None:
-        return None
-    if not isinstance(d, dict) or set(d) - {"rank", "dtype", "device"} or "rank" not in d or "dtype" not in d:
-        raise ValueError(f"invalid tensor metadata in op profile file: {d!r}")
-    return TensorMetadata(d["rank"], d["dtype"], d.get("device", "cpu"))
 
 
 def _enc_value(v: Any, op_name: str) -> Any:
@@ -545,16 +589,6 @@ def _enc_value(v: Any, op_name: str) -> Any:
     raise ValueError(f"{op_name}: cannot save argument value {v!r} ({type(v).__name__}) in an op profile")
 
 
-def _dec_value(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_dec_value(e) for e in v)
-    if isinstance(v, dict):
-        if set(v) == {"dtype"}:
-            return np.dtype(jax.numpy.dtype(v["dtype"]))
-        raise ValueError(f"invalid argument value in op profile file: {v!r}")
-    return v
-
-
 def _enc_arg(a: Any, op_name: str) -> Any:
     if isinstance(a, TensorMetadata):
         return {"tensor": _enc_meta(a)}
@@ -565,29 +599,36 @@ def _enc_arg(a: Any, op_name: str) -> Any:
     return {"value": _enc_value(a, op_name)}
 
 
-def _dec_arg(d: Any) -> Any:
-    if not isinstance(d, dict) or len(d) != 1:
-        raise ValueError(f"invalid argument entry in op profile file: {d!r}")
-    ((k, v),) = d.items()
-    if k == "tensor":
-        return _dec_meta(v)
-    if k == "tensors":
-        return tuple(_dec_meta(e) for e in v)
-    if k == "value":
-        return _dec_value(v)
-    raise ValueError(f"invalid argument entry in op profile file: {d!r}")
-
-
 def _enc_hints(h: Any) -> Any:
     if h is None:
         return None
     return [[[list(c) for c in cands] for cands in leaf] for leaf in h]
 
 
-def _dec_hints(h: Any) -> Any:
-    if h is None:
-        return None
-    return tuple(tuple(tuple(tuple(c) for c in cands) for cands in leaf) for leaf in h)
+def _check_profiles_arg(op_profiles: Any, where: str) -> dict[str, list[OpProfile]]:
+    """``op_profiles`` as ``{name: [OpProfile, ...]}``, or a TypeError/ValueError naming the bad part."""
+    if not isinstance(op_profiles, dict):
+        raise TypeError(
+            f"{where}: op_profiles must be a dict[str, set[OpProfile]] (op name -> profiles), "
+            f"got {type(op_profiles).__name__} {_cut(repr(op_profiles))}"
+        )
+    out: dict[str, list[OpProfile]] = {}
+    for name, profs in op_profiles.items():
+        if not isinstance(name, str) or "::" not in name:
+            raise ValueError(f"{where}: op_profiles keys must be op names 'ns::name', got {_cut(repr(name))}")
+        if isinstance(profs, OpProfile) or not isinstance(profs, (set, frozenset, list, tuple)):
+            raise TypeError(
+                f"{where}: op_profiles[{name!r}] must be a set of OpProfile, got {type(profs).__name__} "
+                f"{_cut(repr(profs))}"
+            )
+        for p in profs:
+            if not isinstance(p, OpProfile):
+                raise TypeError(
+                    f"{where}: op_profiles[{name!r}] must hold OpProfile objects, got {type(p).__name__} "
+                    f"{_cut(repr(p))}"
+                )
+        out[name] = list(profs)
+    return out
 
 
 def _to_yaml(op_profiles: dict[str, set[OpProfile]]) -> str:
@@ -595,10 +636,11 @@ def _to_yaml(op_profiles: dict[str, set[OpProfile]]) -> str:
 
     from jaxops.version import __version__
 
+    checked = _check_profiles_arg(op_profiles, "save_op_profiles")
     operators: dict[str, Any] = {}
-    for name in sorted(op_profiles):
+    for name in sorted(checked):
         entries = []
-        for p in sorted(op_profiles[name], key=_profile_sort_key):
+        for p in sorted(checked[name], key=_profile_sort_key):
             if not isinstance(p, OpProfile):
                 raise TypeError(f"save_op_profiles: {name}: expected OpProfile, got {type(p).__name__}")
             out = p.out_profile
@@ -612,47 +654,349 @@ def _to_yaml(op_profiles: dict[str, set[OpProfile]]) -> str:
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
 
-def _from_yaml(text: str) -> dict[str, set[OpProfile]]:
-    import yaml
+# ------------------------------------------------------------- loading, bounded
+#: Limits of :func:`load_op_profiles`.  A file past any of them raises
+#: ``ValueError`` while it is read, before anything is built from it, so a hostile
+#: file ("billion laughs" aliases, deep nesting, huge ranks) costs little time
+#: and memory.  Real profile files are far below them.
+MAX_FILE_BYTES = 2 * 1024 * 1024
+#: YAML nodes in the document, an alias counting as every node it stands for.
+MAX_NODES = 500_000
+#: Aliases (``*name``) in the document.
+MAX_ALIASES = 1_000
+#: Nesting depth of YAML collections (the format itself needs about 8).
+MAX_DEPTH = 32
+#: Ops in one file, and profiles in one file (over all ops).
+MAX_OPS = 10_000
+MAX_PROFILES = 100_000
+#: Longest excerpt of a bad value quoted in an error message.
+_MAX_QUOTE = 80
+_MAX_MESSAGE = 1_000
 
-    from jaxops.version import __version__
+_SAFE_TAGS = frozenset(
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+
+
+def _quote(v: Any) -> str:
+    """``repr(v)`` cut to a readable length (never expands a huge structure)."""
+    if isinstance(v, dict):
+        return f"a mapping of {len(v)} keys" if len(v) > 8 else _cut(repr(v))
+    if isinstance(v, list):
+        return f"a list of {len(v)} items" if len(v) > 8 else _cut(repr(v))
+    return _cut(repr(v))
+
+
+def _cut(text: str, limit: int = _MAX_QUOTE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_file(message: str) -> ValueError:
+    return ValueError(_cut("not a valid op profile file: " + message, _MAX_MESSAGE))
+
+
+def _limited_loader_class() -> type:
+    """A YAML SafeLoader that enforces the limits while composing the node graph.
+
+    The node graph keeps an alias as a reference (compact); the limits count
+    what it would expand to, so a document is rejected before any Python object
+    is built.  Uses libyaml's parser when PyYAML has it.
+    """
+    from yaml.composer import Composer
+    from yaml.constructor import SafeConstructor
+    from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
+    from yaml.resolver import Resolver
 
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(
-            f"not a valid op profile file (only plain YAML is accepted; Python object tags are refused): {e}"
-        ) from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"not a valid op profile file: expected a mapping at top level, got {type(doc).__name__}")
-    version = doc.get("version")
-    ours = __version__
-    fmt = doc.get("format")
-    if (
-        not isinstance(version, str)
-        or version.split(".")[0] != ours.split(".")[0]
-        or fmt != _FORMAT
-    ):
-        raise RuntimeError(
-            f"Unable to load outdated profile. It was saved with jaxops version {version!r} "
-            f"(format {fmt!r}) but the current jaxops version is {ours!r} (format {_FORMAT}); "
-            "record the profiles again with this version"
-        )
-    operators = doc.get("operators") or {}
-    if not isinstance(operators, dict):
-        raise ValueError("not a valid op profile file: 'operators' must be a mapping")
-    out: dict[str, set[OpProfile]] = {}
-    for name, entries in operators.items():
-        profs = set()
-        for e in entries or []:
-            if not isinstance(e, dict) or "args_profile" not in e or "out_profile" not in e:
-                raise ValueError(f"not a valid op profile file: bad entry for {name}: {e!r}")
-            o = e["out_profile"]
-            out_prof = tuple(_dec_meta(x) for x in o) if isinstance(o, list) else _dec_meta(o)
-            profs.add(OpProfile(tuple(_dec_arg(a) for a in e["args_profile"]), out_prof, _dec_hints(e.get("dims"))))
-        out[str(name)] = profs
-    return out
+        from yaml._yaml import CParser as Parser  # libyaml: events only, composed below
+    except ImportError:  # PyYAML without libyaml: the pure-Python reader, scanner and parser
+        from yaml.parser import Parser as _YamlParser
+        from yaml.reader import Reader
+        from yaml.scanner import Scanner
 
+        class _PyParser(Reader, Scanner, _YamlParser):
+            def __init__(self, stream: Any) -> None:
+                Reader.__init__(self, stream)
+                Scanner.__init__(self)
+                _YamlParser.__init__(self)
+
+        Parser = _PyParser  # type: ignore[assignment,misc]
+
+    class LimitedLoader(Composer, Parser, SafeConstructor, Resolver):  # type: ignore[misc,valid-type]
+        def __init__(self, stream: Any) -> None:
+            Parser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+            self._depth = 0
+            self._nodes = 0
+            self._aliases = 0
+            self._sizes: dict[int, int] = {}  # id(anchored node) -> nodes it expands to
+            self._open: set[str] = set()  # anchors of collections being composed
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, AliasEvent):
+                if event.anchor in self._open:
+                    raise _bad_file(f"the alias *{_cut(str(event.anchor))} refers to a node that contains it "
+                                    "(a recursive alias)")
+                self._aliases += 1
+                if self._aliases > MAX_ALIASES:
+                    raise _bad_file(f"more than {MAX_ALIASES} aliases (the limit, MAX_ALIASES)")
+                target = self.anchors.get(event.anchor)
+                self._count(self._sizes.get(id(target), 1))
+                return super().compose_node(parent, index)
+            tag = getattr(event, "tag", None) if isinstance(event, NodeEvent) else None
+            if tag is not None and tag not in ("!", "?") and tag not in _SAFE_TAGS:
+                raise _bad_file(
+                    f"the YAML tag {_cut(str(tag))!s} is not allowed: only plain YAML is accepted "
+                    "(Python object tags are refused and never run)"
+                )
+            anchor = getattr(event, "anchor", None) if isinstance(event, NodeEvent) else None
+            collection = isinstance(event, CollectionStartEvent)
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _bad_file(f"collections nested deeper than {MAX_DEPTH} levels (the limit, MAX_DEPTH)")
+            before = self._nodes
+            self._count(1)
+            if anchor is not None and collection:
+                self._open.add(anchor)
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                if anchor is not None:
+                    self._open.discard(anchor)
+                self._depth -= 1
+            if anchor is not None:
+                self._sizes[id(node)] = self._nodes - before
+            return node
+
+        def _count(self, n: int) -> None:
+            self._nodes += n
+            if self._nodes > MAX_NODES:
+                raise _bad_file(
+                    f"more than {MAX_NODES} YAML nodes, counting each alias as what it stands for "
+                    "(the limit, MAX_NODES)"
+                )
+
+    return LimitedLoader
+
+
+_LOADER: list[type] = []
+
+
+def _parse_limited(text: str) -> Any:
+    import yaml
+
+    if not _LOADER:
+        _LOADER.append(_limited_loader_class())
+    loader = _LOADER[0](text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise _bad_file(
+            f"only plain YAML is accepted (Python object tags are refused): {_cut(str(e), 400)}"
+        ) from None
+    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps far from it
+        raise _bad_file(f"collections nested deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
+class _Decoder:
+    """Checks every field of a parsed profile document; errors name the field's path."""
+
+    def __init__(self) -> None:
+        self.profiles = 0
+
+    @staticmethod
+    def fail(path: str, expected: str, got: Any) -> ValueError:
+        return _bad_file(f"{path}: expected {expected}, got {type(got).__name__} {_quote(got)}")
+
+    def mapping(self, v: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise self.fail(path, "a mapping", v)
+        unknown = [k for k in v if k not in required and k not in optional]
+        if unknown:
+            raise _bad_file(f"{path}: unknown field {_quote(unknown[0])} (fields: {', '.join(required + optional)})")
+        missing = [k for k in required if k not in v]
+        if missing:
+            raise _bad_file(f"{path}: missing field {missing[0]!r}")
+        return v
+
+    def integer(self, v: Any, path: str, lo: int, hi: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(path, "an int", v)
+        if not lo <= v <= hi:
+            raise _bad_file(f"{path}: {_cut(repr(v))} is out of range ({lo}..{hi})")
+        return v
+
+    def meta(self, v: Any, path: str) -> TensorMetadata | None:
+        if v is None:
+            return None
+        d = self.mapping(v, path, ("rank", "dtype"), ("device",))
+        rank = self.integer(d["rank"], f"{path}.rank", 0, MAX_RANK)
+        dtype = d["dtype"]
+        if not isinstance(dtype, str):
+            raise self.fail(f"{path}.dtype", "a dtype name (str)", dtype)
+        try:
+            np_dtype = np.dtype(jax.numpy.dtype(dtype))
+        except TypeError:
+            raise _bad_file(f"{path}.dtype: {_quote(dtype)} is not a dtype name") from None
+        device = d.get("device", "cpu")
+        if not isinstance(device, str):
+            raise self.fail(f"{path}.device", "a platform name (str)", device)
+        return TensorMetadata(rank, np_dtype, device)
+
+    def value(self, v: Any, path: str) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, list):
+            return tuple(self.value(e, f"{path}[{i}]") for i, e in enumerate(v))
+        if isinstance(v, dict):
+            d = self.mapping(v, path, ("dtype",))
+            if not isinstance(d["dtype"], str):
+                raise self.fail(f"{path}.dtype", "a dtype name (str)", d["dtype"])
+            try:
+                return np.dtype(jax.numpy.dtype(d["dtype"]))
+            except TypeError:
+                raise _bad_file(f"{path}.dtype: {_quote(d['dtype'])} is not a dtype name") from None
+        raise self.fail(path, "a plain value (null, bool, int, float, str, list or {dtype: ...})", v)
+
+    def arg(self, v: Any, path: str) -> Any:
+        if not isinstance(v, dict) or len(v) != 1:
+            raise self.fail(path, "a mapping with one of the fields tensor, tensors, value", v)
+        ((k, e),) = v.items()
+        if k == "tensor":
+            return self.meta(e, f"{path}.tensor")
+        if k == "tensors":
+            if not isinstance(e, list):
+                raise self.fail(f"{path}.tensors", "a list", e)
+            return tuple(self.meta(m, f"{path}.tensors[{i}]") for i, m in enumerate(e))
+        if k == "value":
+            return self.value(e, f"{path}.value")
+        raise _bad_file(f"{path}: unknown field {_quote(k)} (fields: tensor, tensors, value)")
+
+    def out(self, v: Any, path: str) -> TensorMetadata | tuple[TensorMetadata, ...]:
+        if isinstance(v, list):
+            metas = tuple(self.meta(m, f"{path}[{i}]") for i, m in enumerate(v))
+            if any(m is None for m in metas):
+                raise _bad_file(f"{path}: every output needs tensor metadata (got null)")
+            return metas  # type: ignore[return-value]
+        m = self.meta(v, path)
+        if m is None:
+            raise self.fail(path, "tensor metadata (a mapping) or a list of them", v)
+        return m
+
+    def hints(self, v: Any, path: str) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            raise self.fail(path, "a list (one per output) or null", v)
+        leaves = []
+        for i, leaf in enumerate(v):
+            if not isinstance(leaf, list):
+                raise self.fail(f"{path}[{i}]", "a list (one per dimension)", leaf)
+            dims = []
+            for j, cands in enumerate(leaf):
+                if not isinstance(cands, list):
+                    raise self.fail(f"{path}[{i}][{j}]", "a list of size sources", cands)
+                out = []
+                for k, c in enumerate(cands):
+                    where = f"{path}[{i}][{j}][{k}]"
+                    if isinstance(c, list) and len(c) == 4 and c[0] == "arg":
+                        out.append(("arg", *(self.integer(n, f"{where}[{m + 1}]", -1, 2**31) for m, n in enumerate(c[1:]))))
+                    elif isinstance(c, list) and len(c) == 2 and c[0] == "const":
+                        out.append(("const", self.integer(c[1], f"{where}[1]", 0, 2**62)))
+                    else:
+                        raise self.fail(where, "['arg', i, j, k] or ['const', size]", c)
+                dims.append(tuple(out))
+            leaves.append(tuple(dims))
+        return tuple(leaves)
+
+    def document(self, doc: Any) -> dict[str, set[OpProfile]]:
+        from jaxops.version import __version__
+
+        if not isinstance(doc, dict):
+            raise _bad_file(f"expected a mapping at top level, got {type(doc).__name__}")
+        version, fmt = doc.get("version"), doc.get("format")
+        if version is not None and not isinstance(version, str):
+            raise self.fail("version", "a version string such as '0.1.0'", version)
+        if fmt is not None and (isinstance(fmt, bool) or not isinstance(fmt, int)):
+            raise self.fail("format", "an int", fmt)
+        if version is None or not _compatible(version, fmt):
+            raise RuntimeError(
+                f"Unable to load outdated profile. It was saved with jaxops version {_cut(repr(version))} "
+                f"(format {fmt!r}) but the current jaxops version is {__version__!r} "
+                f"(format {_FORMAT}); record the profiles again with this version"
+            )
+        # only now the layout: a file from another version may have another one
+        self.mapping(doc, "the top level", (), ("version", "format", "operators"))
+        operators = doc.get("operators")
+        if operators is None:
+            return {}
+        if not isinstance(operators, dict):
+            raise self.fail("operators", "a mapping from op name to a list of profiles", operators)
+        if len(operators) > MAX_OPS:
+            raise _bad_file(f"operators: more than {MAX_OPS} ops (the limit, MAX_OPS)")
+        out: dict[str, set[OpProfile]] = {}
+        for name, entries in operators.items():
+            if not isinstance(name, str) or "::" not in name:
+                raise self.fail("operators", "op names 'ns::name' as keys", name)
+            where = f"operators[{_cut(repr(name))}]"
+            if entries is None:
+                entries = []
+            if not isinstance(entries, list):
+                raise self.fail(where, "a list of profiles", entries)
+            self.profiles += len(entries)
+            if self.profiles > MAX_PROFILES:
+                raise _bad_file(f"more than {MAX_PROFILES} profiles (the limit, MAX_PROFILES)")
+            profs = set()
+            for i, e in enumerate(entries):
+                path = f"{where}[{i}]"
+                d = self.mapping(e, path, ("args_profile", "out_profile"), ("dims",))
+                args = d["args_profile"]
+                if not isinstance(args, list):
+                    raise self.fail(f"{path}.args_profile", "a list", args)
+                decoded = tuple(self.arg(a, f"{path}.args_profile[{j}]") for j, a in enumerate(args))
+                out_prof = self.out(d["out_profile"], f"{path}.out_profile")
+                profs.add(OpProfile(decoded, out_prof, self.hints(d.get("dims"), f"{path}.dims")))
+            out[name] = profs
+        return out
+
+
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    parts = version.split("+")[0].split(".")
+    nums: list[int] = []
+    for p in parts[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, p))
+        if not digits:
+            return None
+        nums.append(int(digits))
+    return tuple(nums) if len(nums) == 2 else None
+
+
+def _compatible(version: str, fmt: Any) -> bool:
+    """Whether a file written by jaxops ``version`` in format ``fmt`` can be read.
+
+    The ``format`` number changes whenever the layout does; in addition, before
+    1.0 every minor release may change it (semantic versioning for 0.x), so a
+    0.x file needs the same major.minor, a later one the same major.
+    """
+    from jaxops.version import __version__
+
+    if fmt != _FORMAT:
+        return False
+    theirs, ours = _version_tuple(version), _version_tuple(__version__)
+    if theirs is None or ours is None:
+        return False
+    if ours[0] == 0:
+        return theirs == ours
+    return theirs[0] == ours[0]
+
+
+def _from_yaml(text: str) -> dict[str, set[OpProfile]]:
+    return _Decoder().document(_parse_limited(text))
 
 def save_op_profiles(op_profiles: dict[str, set[OpProfile]], f: Any) -> None:
     """Write profiles as YAML to a path or a (text or binary) file object.
@@ -672,25 +1016,42 @@ def save_op_profiles(op_profiles: dict[str, set[OpProfile]], f: Any) -> None:
         except TypeError:
             f.write(text)
     else:
-        raise ValueError(f"save_op_profiles: expected a path or a file object, got {type(f).__name__}")
+        raise TypeError(f"save_op_profiles: f must be a path or a file object, got {type(f).__name__}")
 
 
 def load_op_profiles(f: Any) -> dict[str, set[OpProfile]]:
     """Read profiles written by :func:`save_op_profiles` (path or file object).
 
-    Only plain YAML (``yaml.safe_load``): a file with Python object tags raises
-    ``ValueError`` and runs nothing; one from an incompatible jaxops version
-    raises ``RuntimeError`` ("Unable to load outdated profile").
+    Only plain YAML: a file with Python object tags raises ``ValueError`` and
+    runs nothing; one from an incompatible jaxops version (another ``format``,
+    or for 0.x another minor version) raises ``RuntimeError`` ("Unable to load
+    outdated profile").  A file past the limits (:data:`MAX_FILE_BYTES`,
+    :data:`MAX_NODES`, :data:`MAX_ALIASES`, :data:`MAX_DEPTH`, :data:`MAX_RANK`,
+    :data:`MAX_OPS`, :data:`MAX_PROFILES`) or with a field of the wrong type
+    raises ``ValueError`` naming the limit or the field, before anything is built.
 
     >>> load_op_profiles(io.StringIO("version: 0.1.0\\nformat: 1\\noperators: {}\\n"))
     {}
     """
+    limit = MAX_FILE_BYTES
     if isinstance(f, (str, os.PathLike)):
-        with open(os.fspath(f), encoding="utf-8") as fh:
-            text = fh.read()
+        with open(os.fspath(f), "rb") as fh:
+            data: Any = fh.read(limit + 1)
     elif hasattr(f, "read"):
-        data = f.read()
-        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        data = f.read(limit + 1)
     else:
-        raise ValueError(f"load_op_profiles: expected a path or a file object, got {type(f).__name__}")
+        raise TypeError(f"load_op_profiles: f must be a path or a file object, got {type(f).__name__}")
+    if isinstance(data, (bytes, bytearray)):
+        if len(data) > limit:
+            raise _bad_file(f"larger than {limit} bytes (the limit, MAX_FILE_BYTES)")
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _bad_file(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    elif isinstance(data, str):
+        if len(data) > limit or len(data.encode("utf-8", "surrogatepass")) > limit:
+            raise _bad_file(f"larger than {limit} bytes (the limit, MAX_FILE_BYTES)")
+        text = data
+    else:
+        raise TypeError(f"load_op_profiles: f.read() returned {type(data).__name__}, expected str or bytes")
     return _from_yaml(text)

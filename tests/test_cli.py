@@ -311,3 +311,11 @@ def test_plan_abstract_errors(
     rc, _ = run(["plan", f"{eqx_module}:model", *[e.format(m=eqx_module) for e in extra]])
     assert rc == 2
     assert message.format(m=eqx_module) in capsys.readouterr().err
+def test_help_says_that_modules_are_imported_and_cwd_comes_first(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["list", "--help"], ["check", "--help"], ["plan", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            cli.build_parser().parse_args(argv)
+        assert e.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "IMPORT the modules and .py files they are given, which RUNS their code" in text
+        assert "current directory first on sys.path" in text

@@ -139,7 +139,7 @@ def test_unsafe_generate_fake_kernels_overrides_registered_fake_and_restores():
     with jaxops.unsafe_generate_fake_kernels(profiles):
         assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (3,)  # from the dimension hints
     assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (99,)
-    assert jaxops.profiles._ACTIVE is None and jaxops.profiles._RECORDING is False
+    assert jaxops.profiles._ACTIVE.get() is None and jaxops.profiles._RECORDING is False
 
 
 def test_missing_profile_names_the_op():
@@ -220,3 +220,223 @@ def test_plan_a_model_whose_host_kernels_are_not_installed(tmp_path):
     assert p.records[1]["outputs"] == [S((b, 7), jnp.float32)]
     assert p.outputs == S((), jnp.float32)
     assert str(p).splitlines()[-1].split()[0] == "total"
+
+
+# ------------------------------------------------------- hostile and malformed files (16.2)
+from jaxops import profiles as _profiles  # noqa: E402
+
+HEAD = f"version: {jaxops.__version__}\nformat: 1\n"
+GOOD_ENTRY = "- args_profile: [{tensor: {rank: 2, dtype: float32, device: cpu}}]\n  out_profile: {rank: 2, dtype: float32}\n"
+
+
+def _load_text(text):
+    return jaxops.load_op_profiles(io.StringIO(text))
+
+
+def _laughs(leaf: str, levels: int = 9, fan: int = 10) -> str:
+    """A "billion laughs" document: each level is `fan` aliases of the one below."""
+    lines = [f"l0: &l0 [{', '.join([leaf] * fan)}]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fan)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("leaf", ["lol", "1"])
+def test_alias_bombs_are_rejected_before_expansion(leaf):
+    with pytest.raises(ValueError, match="MAX_NODES") as e:
+        _load_text(HEAD + "junk:\n" + "".join("  " + ln + "\n" for ln in _laughs(leaf).splitlines()))
+    assert len(str(e.value)) <= 1000
+
+
+def test_alias_count_is_limited():
+    many = ", ".join(["*s"] * (_profiles.MAX_ALIASES + 1))
+    with pytest.raises(ValueError, match="MAX_ALIASES"):
+        _load_text(HEAD + f"x: &s 1\ny: [{many}]\n")
+
+
+def test_a_few_aliases_within_limits_load():
+    text = HEAD + "operators:\n  ns::op:\n  - args_profile: [{tensor: &m {rank: 1, dtype: float32}}]\n    out_profile: *m\n"
+    (prof,) = _load_text(text)["ns::op"]
+    assert prof.out_profile == TensorMetadata(1, "float32", "cpu")
+
+
+def test_recursive_alias_and_deep_nesting_raise_valueerror_not_recursionerror():
+    with pytest.raises(ValueError, match="recursive alias"):
+        _load_text(HEAD + "operators: &a {x: *a}\n")
+    with pytest.raises(ValueError, match="recursive alias"):
+        _load_text(HEAD + "junk: &a [1, [2, *a]]\n")
+    with pytest.raises(ValueError, match="MAX_DEPTH"):
+        _load_text(HEAD + "junk: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ValueError, match="MAX_DEPTH"):
+        _load_text(HEAD + "junk: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n")
+
+
+def test_file_size_is_limited_for_paths_and_file_objects(tmp_path):
+    big = HEAD + "operators: {}\n" + "#" * (_profiles.MAX_FILE_BYTES + 10) + "\n"
+    path = tmp_path / "big.yaml"
+    path.write_text(big)
+    for source in (path, str(path), io.StringIO(big), io.BytesIO(big.encode())):
+        with pytest.raises(ValueError, match="MAX_FILE_BYTES"):
+            jaxops.load_op_profiles(source)
+
+
+def test_op_and_profile_counts_are_limited(monkeypatch):
+    monkeypatch.setattr(_profiles, "MAX_OPS", 2)
+    ops = "".join(f"  ns::op{i}: []\n" for i in range(3))
+    with pytest.raises(ValueError, match="MAX_OPS"):
+        _load_text(HEAD + "operators:\n" + ops)
+    monkeypatch.setattr(_profiles, "MAX_PROFILES", 3)
+    entries = "".join("  " + ln + "\n" for ln in (GOOD_ENTRY * 4).splitlines())
+    with pytest.raises(ValueError, match="MAX_PROFILES"):
+        _load_text(HEAD + "operators:\n  ns::op:\n" + entries)
+
+
+def test_huge_rank_is_rejected():
+    entry = GOOD_ENTRY.replace("rank: 2, dtype: float32, device", "rank: 1000000000, dtype: float32, device")
+    with pytest.raises(ValueError, match=r"args_profile\[0\]\.tensor\.rank: 1000000000 is out of range"):
+        _load_text(HEAD + "operators:\n  ns::op:\n" + "".join("  " + ln + "\n" for ln in entry.splitlines()))
+    with pytest.raises(ValueError, match="at most 64"):
+        TensorMetadata(10**9, "float32", "cpu")
+
+
+def _doc(entry: str) -> str:
+    return HEAD + "operators:\n  ns::op:\n" + "".join("  " + ln + "\n" for ln in entry.splitlines())
+
+
+META = "{rank: 2, dtype: float32}"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (HEAD + "operators: [1, 2]\n", "operators: expected a mapping"),
+        (HEAD + "operators:\n  ns::op: 5\n", r"operators\['ns::op'\]: expected a list"),
+        (HEAD + "operators:\n  7: []\n", "op names 'ns::name'"),
+        (HEAD + "operators:\n  noseparator: []\n", "op names 'ns::name'"),
+        (HEAD + "operators:\n  ns::op: [5]\n", r"operators\['ns::op'\]\[0\]: expected a mapping"),
+        (_doc(f"- out_profile: {META}\n"), "missing field 'args_profile'"),
+        (_doc("- args_profile: []\n"), "missing field 'out_profile'"),
+        (_doc(f"- args_profile: 3\n  out_profile: {META}\n"), r"\.args_profile: expected a list, got int"),
+        (_doc(f"- args_profile: [5]\n  out_profile: {META}\n"), r"args_profile\[0\]: expected a mapping"),
+        (_doc(f"- args_profile: [{{tensor: 5}}]\n  out_profile: {META}\n"), r"args_profile\[0\]\.tensor: expected a mapping"),
+        (_doc(f"- args_profile: [{{tensors: 5}}]\n  out_profile: {META}\n"), r"args_profile\[0\]\.tensors: expected a list"),
+        (_doc(f"- args_profile: [{{value: {{a: 1}}}}]\n  out_profile: {META}\n"), r"args_profile\[0\]\.value: unknown field 'a'"),
+        (_doc(f"- args_profile: [{{weird: 1}}]\n  out_profile: {META}\n"), r"args_profile\[0\]: unknown field 'weird'"),
+        (_doc("- args_profile: []\n  out_profile: {rank: '2', dtype: float32}\n"), r"out_profile\.rank: expected an int, got str"),
+        (_doc("- args_profile: []\n  out_profile: {rank: true, dtype: float32}\n"), r"out_profile\.rank: expected an int, got bool"),
+        (_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: 7}\n"), r"out_profile\.dtype: expected a dtype name"),
+        (_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: nonsense}\n"), r"out_profile\.dtype: 'nonsense' is not a dtype"),
+        (_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: float32, device: [1]}\n"), r"out_profile\.device: expected a platform"),
+        (_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: float32, extra: 1}\n"), r"out_profile: unknown field 'extra'"),
+        (_doc("- args_profile: []\n  out_profile: 3\n"), r"out_profile: expected a mapping"),
+        (_doc("- args_profile: []\n  out_profile: null\n"), r"out_profile: expected tensor metadata"),
+        (_doc(f"- args_profile: []\n  out_profile: {META}\n  dims: 5\n"), r"\.dims: expected a list"),
+        (_doc(f"- args_profile: []\n  out_profile: {META}\n  dims: [[[[bogus]]]]\n"), r"\.dims\[0\]\[0\]\[0\]: expected \['arg'"),
+        (_doc(f"- args_profile: []\n  out_profile: {META}\n  dims: [[[[const, x]]]]\n"), r"\.dims\[0\]\[0\]\[0\]\[1\]: expected an int"),
+        (HEAD + "operators: {}\nextra: 1\n", "the top level: unknown field 'extra'"),
+        ("version: 0.1\nformat: 1\n", "version: expected a version string"),
+        (f"version: {jaxops.__version__}\nformat: one\n", "format: expected an int"),
+    ],
+)
+def test_every_wrong_typed_field_is_a_valueerror_naming_it(text, field):
+    with pytest.raises(ValueError, match=field) as e:
+        _load_text(text)
+    assert len(str(e.value)) <= 1000
+
+
+def test_error_messages_are_truncated():
+    text = _doc(f"- args_profile: []\n  out_profile: {{rank: '{'x' * 100_000}', dtype: float32}}\n")
+    with pytest.raises(ValueError, match="out_profile.rank") as e:
+        _load_text(text)
+    assert len(str(e.value)) < 300
+
+
+def test_nested_python_tags_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    text = _doc(f"- args_profile: [{{value: !!python/object/apply:os.system ['touch {marker}']}}]\n  out_profile: {META}\n")
+    with pytest.raises(ValueError, match="Python object tags are refused"):
+        _load_text(text)
+    with pytest.raises(ValueError, match="Python object tags are refused"):
+        _load_text(HEAD + "operators: !!python/name:os.system {}\n")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ versions (17.4)
+def test_minor_versions_before_1_0_are_incompatible(monkeypatch):
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text("version: 0.0.0\nformat: 1\noperators: {}\n")
+    major, minor, *_ = jaxops.__version__.split(".")
+    assert _load_text(f"version: {major}.{minor}.99\nformat: 1\noperators: {{}}\n") == {}
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text(f"version: {jaxops.__version__}\nformat: 2\noperators: {{}}\n")
+    monkeypatch.setattr(jaxops, "__version__", "1.4.0")
+    assert _load_text("version: 1.0.2\nformat: 1\noperators: {}\n") == {}
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text("version: 2.0.0\nformat: 1\noperators: {}\n")
+
+
+def test_round_trip_keeps_working_with_the_checks():
+    meta = TensorMetadata(2, "float32", "cpu")
+    profs = {"ns::op": {OpProfile((meta, (1, 2), np.dtype("int32"), None, "s"), (meta, meta), dims=None)}}
+    buf = io.StringIO()
+    jaxops.save_op_profiles(profs, buf)
+    buf.seek(0)
+    assert jaxops.load_op_profiles(buf) == profs
+
+
+# ------------------------------------------------------------- junk arguments (16.7/16.8)
+def test_junk_arguments_name_the_parameter():
+    meta = TensorMetadata(2, "float32", "cpu")
+    buf = io.StringIO()
+    with pytest.raises(TypeError, match="save_op_profiles: op_profiles must be a dict"):
+        jaxops.save_op_profiles(5, buf)
+    with pytest.raises(TypeError, match=r"op_profiles\['ns::op'\] must be a set of OpProfile, got int"):
+        jaxops.save_op_profiles({"ns::op": 5}, buf)
+    with pytest.raises(TypeError, match=r"op_profiles\['ns::op'\] must hold OpProfile objects, got str"):
+        jaxops.save_op_profiles({"ns::op": {"x"}}, buf)
+    with pytest.raises(ValueError, match="op_profiles keys must be op names"):
+        jaxops.save_op_profiles({3: set()}, buf)
+    with pytest.raises(TypeError, match="save_op_profiles: f must be a path or a file object, got int"):
+        jaxops.save_op_profiles({}, 5)
+    with pytest.raises(TypeError, match="load_op_profiles: f must be a path or a file object, got int"):
+        jaxops.load_op_profiles(5)
+    with pytest.raises(TypeError, match="OpProfile: args_profile must be a tuple"):
+        OpProfile(5, meta)
+    with pytest.raises(TypeError, match=r"OpProfile: args_profile\[1\] must be a TensorMetadata or a hashable"):
+        OpProfile((meta, {"a": 1}), meta)
+    with pytest.raises(TypeError, match="out_profile must be a TensorMetadata or a non-empty tuple"):
+        OpProfile((meta,), ())
+    with pytest.raises(ValueError, match="TensorMetadata: dtype must be a dtype"):
+        TensorMetadata(2, "notadtype", "cpu")
+    with pytest.raises(ValueError, match="TensorMetadata: rank must be a non-negative int"):
+        TensorMetadata("2", "float32", "cpu")
+    with pytest.raises(TypeError, match="TensorMetadata: device must be a platform name"):
+        TensorMetadata(2, "float32", 5)
+    with pytest.raises(TypeError, match=r"unsafe_generate_fake_kernels: op_profiles\['ns::op'\] must be a set"):
+        with jaxops.unsafe_generate_fake_kernels({"ns::op": 5}):
+            pass
+
+
+def test_outdated_files_are_reported_as_outdated_whatever_their_layout():
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text("version: 0.0.0-ancient\nops: {}\n")
+    with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
+        _load_text("torch_version: 2.5\nops: []\n")
+
+
+def test_limits_hold_with_the_pure_python_yaml_parser(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "yaml._yaml", None)  # as if PyYAML had no libyaml
+    monkeypatch.setattr(_profiles, "_LOADER", [])
+    with pytest.raises(ValueError, match="MAX_NODES"):
+        _load_text(HEAD + "junk:\n" + "".join("  " + ln + "\n" for ln in _laughs("1").splitlines()))
+    with pytest.raises(ValueError, match="MAX_DEPTH"):
+        _load_text(HEAD + "junk: " + "[" * 5_000 + "]" * 5_000 + "\n")
+    with pytest.raises(ValueError, match="recursive alias"):
+        _load_text(HEAD + "junk: &a [1, *a]\n")
+    with pytest.raises(ValueError, match="Python object tags are refused"):
+        _load_text(HEAD + "operators: !!python/name:os.system {}\n")
+    (prof,) = _load_text(_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: float32}\n"))["ns::op"]
+    assert prof.out_profile.rank == 2
+    assert "CParser" not in [c.__name__ for c in _profiles._LOADER[0].__mro__]
