@@ -360,6 +360,7 @@ def _block() -> Iterator[None]:
     with _BLOCKS_LOCK:
         _BLOCKS[0] += 1
         _RECORDING = True
+        hooks.set_call_recorder(_record_call)
     try:
         yield
     finally:

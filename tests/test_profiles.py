@@ -369,7 +369,7 @@ def test_minor_versions_before_1_0_are_incompatible(monkeypatch):
     assert _load_text(f"version: {major}.{minor}.99\nformat: 1\noperators: {{}}\n") == {}
     with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
         _load_text(f"version: {jaxops.__version__}\nformat: 2\noperators: {{}}\n")
-    monkeypatch.setattr(jaxops, "__version__", "1.4.0")
+    monkeypatch.setattr(jaxops.version, "__version__", "1.4.0")
     assert _load_text("version: 1.0.2\nformat: 1\noperators: {}\n") == {}
     with pytest.raises(RuntimeError, match="Unable to load outdated profile"):
         _load_text("version: 2.0.0\nformat: 1\noperators: {}\n")
