@@ -80,6 +80,15 @@ def _describe_type(t: SchemaType) -> str:
     return base
 
 
+def _scalar_array(v: Any, kinds: str, to_python: Callable[[Any], Any], fail: Callable[[Any], Any]) -> Any:
+    """A 0-d array given for a scalar parameter: a traced one stays (a dynamic operand), a concrete one becomes a Python number."""
+    if getattr(v, "shape", None) != () or np.dtype(v.dtype).kind not in kinds:
+        return fail(v)
+    if isinstance(v, jax.core.Tracer):
+        return v
+    return to_python(v.item())
+
+
 def _elem_checker(op_name: str, name: str, t: SchemaType) -> Callable[[Any], Any]:
     base = t.base
 
@@ -98,13 +107,9 @@ def _elem_checker(op_name: str, name: str, t: SchemaType) -> Callable[[Any], Any
         def check(v: Any) -> Any:
             if type(v) is int:
                 return v
+            if isinstance(v, (jax.Array, np.ndarray)):
+                return _scalar_array(v, "iu", int, fail)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                if isinstance(v, jax.core.Tracer):
-                    raise TypeError(
-                        f"{op_name}: argument '{name}' is an int in the schema, so it must be a "
-                        "concrete Python int, but it is a traced value; pass it as a Python int "
-                        "(mark it static in jit) or declare the parameter as an array"
-                    )
                 return fail(v)
             return int(v)
 
@@ -113,6 +118,8 @@ def _elem_checker(op_name: str, name: str, t: SchemaType) -> Callable[[Any], Any
         def check(v: Any) -> Any:
             if type(v) is float:
                 return v
+            if isinstance(v, (jax.Array, np.ndarray)):
+                return _scalar_array(v, "fiu", float, fail)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                 return fail(v)
             return float(v)
@@ -120,6 +127,8 @@ def _elem_checker(op_name: str, name: str, t: SchemaType) -> Callable[[Any], Any
     elif base == "bool":
 
         def check(v: Any) -> Any:
+            if isinstance(v, (jax.Array, np.ndarray)):
+                return _scalar_array(v, "b", bool, fail)
             if not isinstance(v, (bool, np.bool_)):
                 return fail(v)
             return bool(v)

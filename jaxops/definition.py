@@ -359,8 +359,15 @@ class OpDefinition:
         return kernel(*pos, **kw)
 
     def leaves(self, values: Sequence[Any]) -> ArrayLeaves:
-        """The flat array leaves of ``values`` (see :class:`ArrayLeaves`)."""
-        return ArrayLeaves(self.array_idx, values)
+        """The flat array leaves of ``values`` (see :class:`ArrayLeaves`).
+
+        A scalar parameter given a traced value (``jax.jit(op)(x, 2.0)``) is a dynamic
+        operand of this call: it is among the leaves, like an array argument.
+        """
+        idx = self.array_idx
+        if self.static_idx and any(isinstance(values[i], jax.core.Tracer) for i in self.static_idx):
+            idx = sorted([*idx, *(i for i in self.static_idx if isinstance(values[i], jax.core.Tracer))])
+        return ArrayLeaves(idx, values)
 
     def check_outputs(self, out: Any, *, host: bool = False) -> Any:
         """Validate a kernel's return value against the schema's returns.

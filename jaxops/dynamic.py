@@ -211,7 +211,7 @@ def data_dependent_call(op: OpDefinition, kernel: Any, values: list[Any], out_sh
     >>> # out = dynamic.data_dependent_call(op, kernel, values, out_shapes)
     """
     args = op.leaves(values)
-    array_idx, flat, treedef = op.array_idx, args.leaves, args.treedef
+    array_idx, flat, treedef = args.idx, args.leaves, args.treedef
     out_leaves, out_tree = jax.tree_util.tree_flatten(out_shapes)
     out_avals = tuple(_core.ShapedArray(tuple(s.shape), s.dtype) for s in out_leaves)
     call = _Call(op, kernel, values, array_idx, treedef, out_tree)

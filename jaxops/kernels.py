@@ -82,8 +82,14 @@ def host_traced(defn: OpDefinition, kernel: dispatch.Kernel, values: list[Any]) 
         return dynamic.data_dependent_call(defn, kernel, values, out_shapes)
     args = defn.leaves(values)
 
+    scalars = set(defn.static_idx)
+
+    def as_kernel_arg(i: int, a: Any) -> Any:
+        # a traced scalar parameter reaches the host kernel as a NumPy scalar
+        return np.asarray(a)[()] if i in scalars else a
+
     def body(*np_flat: Any) -> Any:
-        return defn.check_outputs(defn.call_kernel(kernel.fn, args.rebuild(np_flat)), host=True)
+        return defn.check_outputs(defn.call_kernel(kernel.fn, args.rebuild(np_flat, as_kernel_arg)), host=True)
 
     return host.pure_callback(defn.name, body, out_shapes, args.leaves, defn.vmap_method)
 

@@ -56,6 +56,17 @@ def traced_pipeline(defn: OpDefinition) -> Callable[[list[Any]], Any]:
     return autograd.stage(defn, inner)
 
 
+def _traced_entry_dynamic(
+    pipe: Pipeline, arrays: tuple[Any, ...], scalars: tuple[Any, ...], statics_key: tuple[Any, Any, Any]
+) -> Any:
+    """Like :func:`_traced_entry`, with traced scalar arguments as dynamic operands."""
+    statics, where, key = statics_key
+    filled = list(statics)
+    for i, v in zip(where, scalars):
+        filled[i] = v
+    return _traced_entry(pipe, arrays, (tuple(filled), key))
+
+
 def _traced_entry(pipe: Pipeline, arrays: tuple[Any, ...], statics_key: tuple[Any, Any]) -> Any:
     """Body of the op's jitted callable: everything that happens under tracing."""
     statics, _ = statics_key
@@ -78,6 +89,7 @@ class Pipeline:
         d = self.defn
         self.traced = traced_pipeline(d)
         self.jitted = self.make_jitted()
+        self.jitted_dynamic: Callable[..., Any] | None = None  # made on the first traced scalar
         # A host op with no autograd formula applies the fallback mode (warn / error)
         # while its derivative is traced.  JAX caches the derivative of a jitted
         # jaxpr, so a cached inner trace would apply it only the first time: such an
@@ -87,13 +99,38 @@ class Pipeline:
         self.eager = mutation.eager_stage(d, self.call_values) if d.mutated_args else self.call_values
         self.entry: Callable[..., Any] = make_fast_entry(self) or self.slow_entry
 
-    def make_jitted(self) -> Callable[..., Any]:
+    def make_jitted(self, body: Callable[..., Any] = _traced_entry, static: int = 1) -> Callable[..., Any]:
         """The op's ``jax.jit`` callable, named after the op (plan and jaxprs show it)."""
-        entry = functools.partial(_traced_entry, self)
-        functools.update_wrapper(entry, _traced_entry)
+        entry = functools.partial(body, self)
+        functools.update_wrapper(entry, body)
         entry.__name__ = self.defn.name  # type: ignore[attr-defined]
         entry.__qualname__ = self.defn.name  # type: ignore[attr-defined]
-        return jax.jit(entry, static_argnums=(1,))
+        return jax.jit(entry, static_argnums=(static,))
+
+    def _call_with_traced_scalars(self, arrays: tuple[Any, ...], statics: tuple[Any, ...]) -> Any:
+        """A call whose scalar arguments include traced values (``jax.jit(op)(x, 2.0)``).
+
+        They become dynamic operands of the op's jit (traceable kernels receive a
+        traced scalar, host kernels a NumPy scalar); a kernel that needs one static
+        (a shape) gets an error naming ``static_argnums``.
+        """
+        d = self.defn
+        where = tuple(k for k, v in enumerate(statics) if isinstance(v, _Tracer))
+        scalars = tuple(statics[k] for k in where)
+        rest = tuple(None if k in where else v for k, v in enumerate(statics))
+        if self.jitted_dynamic is None:
+            self.jitted_dynamic = self.make_jitted(_traced_entry_dynamic, 2)
+        try:
+            return self.jitted_dynamic(arrays, scalars, (rest, where, registry.epoch()))
+        except (TypeError, *DATA_DEPENDENT_ERRORS) as e:
+            names = ", ".join(repr(d.binder.params[d.static_idx[k]].name) for k in where)
+            first = str(e).split("\n", 1)[0][:300]
+            raise TypeError(
+                f"{d.name}: argument {names} got a traced value, and the kernel could not use it "
+                f"traced ({type(e).__name__}: {first}); if it must be concrete (e.g. a shape), pass "
+                "it statically: jax.jit(f, static_argnums=...) or eqx.filter_jit, which keeps "
+                "Python numbers static"
+            ) from e
 
     # ------------------------------------------------------------------ eager
     def slow_entry(self, *args: Any, **kwargs: Any) -> Any:
@@ -119,6 +156,9 @@ class Pipeline:
         concrete = not any(isinstance(v, _Tracer) for v in leaves)
         if not concrete:
             registry.note_traced(d)  # the traces around this call depend on the op
+        if any(isinstance(v, _Tracer) for v in statics):
+            registry.note_traced(d)
+            return self._call_with_traced_scalars(arrays, statics)
         if not leaves:
             device = self._factory_device(values)
             if concrete and device is not None:
@@ -276,7 +316,12 @@ def make_fast_entry(pipe: Pipeline) -> Callable[..., Any] | None:
             ]
         elif p.kind == "static" and t.base in _EXACT and not t.is_list:
             env[f"_jx_t{i}"] = _EXACT[t.base]
-            checks.append(f"    if {guard}type({n}) is not _jx_t{i}: {n} = _jx_c{i}({n})")
+            checks += [
+                f"    if {guard}type({n}) is not _jx_t{i}:",
+                f"        {n} = _jx_c{i}({n})",
+                f"        if isinstance({n}, _jx_TR):  # a traced scalar: a dynamic operand (general path)",
+                "            return _jx_slow((), _jx_pick({" + ", ".join(f"{q.name!r}: {q.name}" for q in params) + "}, {}))",
+            ]
         else:
             checks.append(f"    {n} = _jx_c{i}({n})")
     if not any(p.kind == "tensor" and not p.type.optional for p in params):

@@ -36,6 +36,7 @@ traceable op with a rule and no ``register_autograd`` stays differentiable
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -47,16 +48,16 @@ from custom_vjp.rules import VmapInfo
 from jaxops.definition import OpDefinition
 
 
-def _in_dims(defn: OpDefinition, values: list[Any], batched: list[Any]) -> tuple[Any, ...]:
-    """PyTorch-style ``in_dims`` for the positional parameters (``batched`` per array argument)."""
+def _in_dims(defn: OpDefinition, values: list[Any], idx: list[int], batched: list[Any]) -> tuple[Any, ...]:
+    """PyTorch-style ``in_dims`` for the positional parameters (``batched`` per operand at ``idx``)."""
     per_param: list[Any] = [None] * defn.binder.n
-    for i, b in zip(defn.array_idx, batched):
+    for i, b in zip(idx, batched):
         per_param[i] = b
     dims: list[Any] = []
     for p, v, b in zip(defn.binder.params[: defn.binder.n_positional], values, per_param):
-        if not p.is_array or v is None:
+        if (not p.is_array and not isinstance(v, jax.core.Tracer)) or v is None:
             dims.append(None)
-        elif p.kind == "tensor":
+        elif p.kind != "tensor_list":  # an array, or a traced scalar
             dims.append(0 if b else None)
         else:
             dims.append([None if e is None or not f else 0 for e, f in zip(v, b)])
@@ -122,14 +123,54 @@ def stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[li
     """``inner`` under a ``custom_vmap`` whose batching rule is the op's rule.
 
     Without ``vmap`` it is just ``inner``; a JVP through ``inner`` keeps it
-    differentiable (a bare ``custom_vmap`` does not linearize).
+    differentiable (a bare ``custom_vmap`` does not linearize).  A host op with
+    neither a rule nor a ``vmap_method`` is batched by calling its kernel once per
+    example; the first time that happens it warns (once per op definition),
+    naming ``register_vmap`` and ``vmap_method``.
 
     >>> # run = vmap.stage(defn, sharding.stage(defn, kernels.stage(defn, run_kernel)))
     """
     rule = defn.vmap_rule
     if rule is None:
+        if defn.kernels.any_host and defn.vmap_method is None:
+            return _batched(defn, inner, _per_example_rule(defn))
         return inner
+    return _batched(defn, inner, _user_rule(defn, rule))
 
+
+Batching = Callable[[Any, Callable[..., Any], int, Any, tuple[Any, ...]], tuple[Any, Any]]
+
+
+def _user_rule(defn: OpDefinition, rule: Callable[..., Any]) -> Batching:
+    def batch(args: Any, plain: Callable[..., Any], axis_size: int, in_batched: Any, flat: tuple[Any, ...]) -> tuple[Any, Any]:
+        vals = args.rebuild(flat)
+        in_dims = _in_dims(defn, vals, args.idx, args.unflatten(in_batched))
+        pos, kw = defn.binder.split_call(vals)
+        return _normalize_rule_output(defn, rule(VmapInfo(axis_size), in_dims, *pos, **kw), axis_size)
+
+    return batch
+
+
+def _per_example_rule(defn: OpDefinition) -> Batching:
+    def batch(args: Any, plain: Callable[..., Any], axis_size: int, in_batched: Any, flat: tuple[Any, ...]) -> tuple[Any, Any]:
+        if not defn.cache.get("vmap_warned"):
+            defn.cache["vmap_warned"] = True
+            warnings.warn(
+                f"{defn.name}: vmap of this host op calls its kernel once per example ({axis_size} "
+                "host calls here), because it has no batching rule. Register one with "
+                f"@{defn.opname}.register_vmap (a NumPy kernel can usually take the whole batch), "
+                "or declare how the kernel batches with custom_op(..., vmap_method='expand_dims' "
+                "or 'broadcast_all')",
+                UserWarning,
+                stacklevel=2,
+            )
+        out = jax.vmap(plain, in_axes=[0 if b else None for b in in_batched])(*flat)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return batch
+
+
+def _batched(defn: OpDefinition, inner: Callable[[list[Any]], Any], batch: Batching) -> Callable[[list[Any]], Any]:
     def run(values: list[Any]) -> Any:
         args = defn.leaves(values)
         if not args.leaves:
@@ -141,10 +182,7 @@ def stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[li
         batchable = jax.custom_batching.custom_vmap(plain)
 
         def batching_rule(axis_size: int, in_batched: Any, *flat: Any) -> tuple[Any, Any]:
-            vals = args.rebuild(flat)
-            in_dims = _in_dims(defn, vals, args.unflatten(in_batched))
-            pos, kw = defn.binder.split_call(vals)
-            return _normalize_rule_output(defn, rule(VmapInfo(int(axis_size)), in_dims, *pos, **kw), int(axis_size))
+            return batch(args, plain, int(axis_size), in_batched, flat)
 
         # jaxprs print the rule by name: rule=<function mylib::op vmap rule at ...>
         batching_rule.__name__ = batching_rule.__qualname__ = f"{defn.name} vmap rule"

@@ -96,14 +96,16 @@ def test_argument_validation_under_jit(scale_add):
         jax.jit(lambda a: scale_add(a, a, "x"))(X)
 
 
-def test_int_parameter_rejects_tracer():
+def test_int_parameter_that_must_be_static_names_static_argnums():
+    # API.md §2: a traced scalar is accepted; where the kernel needs it static, the error says so
     @jaxops.custom_op("t_core::rep", mutates_args=())
     def rep(x: jax.Array, n: int) -> jax.Array:
         return jnp.tile(x, n)
 
     assert rep(X, 2).shape == (8,)
-    with pytest.raises(TypeError, match="argument 'n' is an int in the schema"):
+    with pytest.raises(TypeError, match=r"t_core::rep: argument 'n' got a traced value.*static_argnums"):
         jax.jit(lambda a, k: rep(a, k))(X, 2)
+    assert jax.jit(lambda a, k: rep(a, k), static_argnums=1)(X, 2).shape == (8,)
 
 
 def test_all_argument_kinds():
