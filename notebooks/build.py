@@ -197,6 +197,36 @@ QUICKSTART: list[Cell] = [
     print("with the rule: ", calls, "batch size", 4)
     """),
     md("""
+    The per-example fallback is a cliff, so jaxops says when it happens. A stock `eqx.nn.MLP`
+    applies its activation with `vmap` over the features: a host activation without a rule runs
+    once per *element*. The first time, jaxops warns (once per op) and names the two fixes.
+    """),
+    code("""
+    import warnings
+
+    import equinox as eqx
+
+    @jaxops.custom_op("quick::np_relu", mutates_args=(), host=True)
+    def np_relu(x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0).astype(x.dtype)
+
+    np_relu.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    mlp = eqx.nn.MLP(4, 2, 8, depth=1, activation=np_relu, key=jax.random.key(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jax.vmap(mlp)(jnp.ones((16, 4)))
+    print("warning:", str(caught[0].message).split(";")[0].split(". ")[0])
+
+    @np_relu.register_vmap
+    def _(info, in_dims, x):
+        return np_relu(x), in_dims[0]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jax.vmap(mlp)(jnp.ones((16, 4)))
+    print("warnings with a rule:", len(caught))
+    """),
+    md("""
     ## 5. Mutation
 
     An op may declare that it mutates an argument (`mutates_args={"out"}`); the kernel writes into

@@ -65,6 +65,8 @@ def test_quickstart_executes() -> None:
     assert "(Tensor x, Tensor y, float alpha=1.0) -> Tensor" in text
     assert "RuntimeError: quick::np_sin: there is no fake impl registered for this op" in text
     assert "with the rule:  [(4, 3)] batch size 4" in text
+    assert "warning: quick::np_relu: vmap of this host op calls its kernel once per example" in text
+    assert "warnings with a rule: 0" in text
     assert "returned: [0. 1. 2.]  out itself: [0. 0. 0.]" in text
     assert "test_autograd_registration -> opcheck(quick::np_square) failed test_autograd_registration" in text
     assert "traces 1 compiles 1" in text
