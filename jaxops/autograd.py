@@ -29,6 +29,7 @@ from jax._src import core
 from jax.custom_derivatives import SymbolicZero
 
 from custom_vjp.rules import LinRule, lin_aval, linear_call, make_function, set_static, zeros_of
+from jaxops import host
 from jaxops import registry as _registry
 from jaxops.definition import AutogradInfo, OpDefinition
 
@@ -246,7 +247,10 @@ def _function_class(op: OpDefinition, inner: Stage, struct: tuple[Any, ...]) -> 
 
     def backward(ctx: Any, *grads: Any) -> Any:
         view = _CtxView(ctx, getattr(ctx, "_jaxops_needs", ()))
-        res = reg.backward(view, *grads)
+        try:
+            res = reg.backward(view, *grads)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the op
+            host.reraise_naming_op(op.name, e, "the backward (register_autograd)", RuntimeError)
         if not isinstance(res, (tuple, list)) or (
             n_pos == 1 and struct[0] is not None and isinstance(res, list)
         ):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxops import dynamic, hooks, registry
+from jaxops import dynamic, hooks, host, registry
 
 if TYPE_CHECKING:
     from jaxops.definition import OpDefinition
@@ -208,7 +208,11 @@ def abstract_eval(defn: OpDefinition, values: list[Any]) -> tuple[Any, list[Any]
 
     def run(f: Callable[..., Any]) -> Any:
         def traced(arrs: Any) -> Any:
-            return materialize(_normalize_fake_out(defn, defn.call_kernel(f, defn.merge(arrs, statics))))
+            try:
+                out = defn.call_kernel(f, defn.merge(arrs, statics))
+            except Exception as e:  # noqa: BLE001 - re-raised naming the op
+                host.reraise_naming_op(defn.name, e, "the fake (register_fake)", RuntimeError)
+            return materialize(_normalize_fake_out(defn, out))
 
         return jax.eval_shape(traced, abstract)
 

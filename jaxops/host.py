@@ -35,19 +35,34 @@ class HostKernelError(RuntimeError):
     """A host kernel raised; the message names the op and the original error."""
 
 
-def _describe(op_name: str, exc: BaseException) -> str:
-    return f"{op_name}: the host kernel raised {type(exc).__name__}: {exc}"
+def _describe(op_name: str, exc: BaseException, what: str = "the host kernel") -> str:
+    return f"{op_name}: {what} raised {type(exc).__name__}: {exc}"
 
 
-def reraise_naming_op(op_name: str, exc: Exception) -> None:
-    """Re-raise ``exc`` with the op's name in its message, keeping its type when possible."""
-    message = _describe(op_name, exc)
+def reraise_naming_op(
+    op_name: str, exc: Exception, what: str = "the host kernel", fallback: type[Exception] = HostKernelError
+) -> None:
+    """Re-raise ``exc`` with the op's name in its message, keeping its type when possible.
+
+    ``what`` says which registration raised (``"the fake (register_fake)"``...).  JAX's
+    own errors (tracer conversions, which the call pipeline reacts to) and errors that
+    already name the op pass through unchanged.
+
+    >>> try:
+    ...     reraise_naming_op("mylib::f", ValueError("bad x"), "the kernel")
+    ... except ValueError as e:
+    ...     print(e)
+    mylib::f: the kernel raised ValueError: bad x
+    """
+    if op_name in str(exc) or type(exc).__module__.split(".")[0] in ("jax", "jaxlib"):
+        raise exc
+    message = _describe(op_name, exc, what)
     try:
         new = type(exc)(message)
     except Exception:  # noqa: BLE001 - exotic constructor: fall back to our own type
-        new = HostKernelError(message)
+        new = fallback(message)
     if str(new) != message:
-        new = HostKernelError(message)
+        new = fallback(message)
     raise new.with_traceback(exc.__traceback__) from exc
 
 

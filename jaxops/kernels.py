@@ -107,7 +107,11 @@ def runner(defn: OpDefinition) -> Runner:
                 defn, kernel, values, tuple(args.leaves),
                 lambda *xs: defn.check_outputs(defn.call_kernel(kernel.fn, args.rebuild(xs))),
             )
-        return defn.check_outputs(defn.call_kernel(kernel.fn, values))
+        try:
+            out = defn.call_kernel(kernel.fn, values)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the op
+            host.reraise_naming_op(defn.name, e, "the kernel", RuntimeError)
+        return defn.check_outputs(out)
 
     return run
 

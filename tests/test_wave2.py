@@ -260,3 +260,35 @@ def test_host_op_inside_an_equinox_mlp_warns():
     mlp = eqx.nn.MLP(3, 2, 4, 1, activation=op, key=jax.random.key(0))
     with pytest.warns(UserWarning, match="register_vmap"):
         jax.vmap(mlp)(jnp.ones((5, 3)))
+
+
+# ------------------------------------------- 16.7: errors from bodies, fakes and backwards name the op
+def test_errors_from_a_traceable_body_a_fake_and_a_backward_name_the_op():
+    @jaxops.custom_op("w2v::boom", mutates_args=())
+    def boom(x: jax.Array) -> jax.Array:
+        raise ValueError("bad input in the body")
+
+    with pytest.raises(ValueError, match=r"w2v::boom: the kernel raised ValueError: bad input in the body"):
+        boom(jnp.ones(2))
+    with pytest.raises(ValueError, match=r"w2v::boom: the kernel raised"):
+        jax.jit(boom)(jnp.ones(2))
+
+    op = _host_double("w2v::fakeboom")
+
+    @op.register_fake
+    def _(x):
+        raise LookupError("fake broke")
+
+    with pytest.raises(LookupError, match=r"w2v::fakeboom: the fake \(register_fake\) raised LookupError: fake broke"):
+        jax.eval_shape(op, jnp.ones(2))
+
+    @jaxops.custom_op("w2v::bwboom", mutates_args=())
+    def bw(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    def backward(ctx, g):
+        raise ZeroDivisionError("no gradient today")
+
+    bw.register_autograd(backward)
+    with pytest.raises(ZeroDivisionError, match=r"w2v::bwboom: the backward \(register_autograd\) raised"):
+        jax.grad(lambda v: bw(v).sum())(jnp.ones(2))
