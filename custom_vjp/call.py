@@ -102,6 +102,7 @@ class Built:
         self.cls = cls
         self.param_names = tuple(param_names)
         self.name = function_name(cls)
+        self.forward_ad_fix: str | None = getattr(cls, "_custom_vjp_forward_ad_fix", None)
         self.backward_name = backward_name(cls)
         self.specs = specs
         self.kwargs = kwargs
@@ -226,13 +227,13 @@ def _shape_dtype(a: core.ShapedArray) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(a.shape, a.dtype)
 
 
-def _no_forward_ad(name: str) -> NotImplementedError:
+def _no_forward_ad(name: str, fix: str | None = None) -> NotImplementedError:
+    fix = fix or f"Define jvp(ctx, *tangents) on {name}, or write its backward in jax.numpy"
     return NotImplementedError(
         f"Trying to use forward AD with {name} that does not support it because it has not "
         "implemented the jvp staticmethod and its backward cannot be transposed into a "
         "forward-mode rule (a backward that calls jax.pure_callback, custom_vjp.host or NumPy "
-        f"is reverse-mode only). Define jvp(ctx, *tangents) on {name}, or write its backward "
-        "in jax.numpy; jax.grad / jax.vjp work as they are."
+        f"is reverse-mode only). {fix}; jax.grad / jax.vjp work as they are."
     )
 
 
@@ -320,9 +321,9 @@ class CallRule:
         except (RuntimeError, ValueError, AssertionError) as exc:
             if "differentiate twice" in str(exc) or "expected shape" in str(exc):
                 raise
-            raise _no_forward_ad(self.built.name) from exc
+            raise _no_forward_ad(self.built.name, self.built.forward_ad_fix) from exc
         except (NotImplementedError, TypeError, jax.errors.JAXTypeError) as exc:
-            raise _no_forward_ad(self.built.name) from exc
+            raise _no_forward_ad(self.built.name, self.built.forward_ad_fix) from exc
         return list(out)
 
     def _user_jvp(self, res: Sequence[Any], tangents: Sequence[Any]) -> list[Any]:

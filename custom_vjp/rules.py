@@ -38,8 +38,13 @@ def make_function(
     forward: Callable[..., Any],
     setup_context: Callable[..., Any],
     backward: Callable[..., Any],
+    forward_ad_fix: str | None = None,
 ) -> type[Function]:
-    """A :class:`Function` subclass from plain callables; ``name`` appears in its messages."""
+    """A :class:`Function` subclass from plain callables; ``name`` appears in its messages.
+
+    ``forward_ad_fix`` replaces the advice of the forward-mode error for a host-only
+    backward (a Function made this way has no ``jvp`` staticmethod a user could add).
+    """
     return type(
         name.replace("::", "_").replace(".", "_"),
         (Function,),
@@ -48,6 +53,7 @@ def make_function(
             "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward),
             "_custom_vjp_name": name,
+            "_custom_vjp_forward_ad_fix": forward_ad_fix,
         },
     )
 

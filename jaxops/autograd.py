@@ -283,7 +283,16 @@ def _function_class(op: OpDefinition, inner: Stage, struct: tuple[Any, ...]) -> 
         flat.extend([None] * sum(1 if n is None else n for n in struct[n_pos:]))
         return tuple(flat)
 
-    cls = make_function(op.name, forward=forward, setup_context=setup, backward=backward)
+    cls = make_function(
+        op.name,
+        forward=forward,
+        setup_context=setup,
+        backward=backward,
+        forward_ad_fix=(
+            f"Forward mode through {op.name} is derived from its registered backward: write that "
+            "backward in jax.numpy (no callbacks, no NumPy)"
+        ),
+    )
     cache[key] = cls
     return cls
 
