@@ -61,7 +61,7 @@ def reraise_naming_op(
         new = type(exc)(message)
     except Exception:  # noqa: BLE001 - exotic constructor: fall back to our own type
         new = fallback(message)
-    if str(new) != message:
+    if getattr(new, "args", None) != (message,):
         new = fallback(message)
     raise new.with_traceback(exc.__traceback__) from exc
 

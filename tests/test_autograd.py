@@ -246,3 +246,32 @@ def test_fallback_fires_only_when_gradient_flows(hsin_no_formula):
                 return (x**2).sum()
 
             jax.grad(unused)(X)
+
+
+def test_forward_mode_error_for_an_op_says_what_to_do_without_internals():
+    @jaxops.custom_op("w2v::hb", mutates_args=(), host=True)
+    def hb(x: jax.Array) -> jax.Array:
+        return np.sin(x)
+
+    hb.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * jax.pure_callback(np.cos, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    hb.register_autograd(backward, setup_context=setup)
+
+    @hb.register_vmap
+    def _(info, in_dims, x):
+        return hb(x), in_dims[0]
+
+    xs = jnp.ones((2, 3))
+    with pytest.raises(NotImplementedError, match=r"Trying to use forward AD with w2v::hb that does not support it") as info:
+        jax.vmap(lambda v: jax.jvp(hb, (v,), (v,)))(xs)
+    text = str(info.value)
+    assert "write that backward in jax.numpy" in text
+    assert "Define jvp" not in text and "custom_vmap_call" not in text and "Transpose rule" not in text
+    np.testing.assert_allclose(jax.grad(lambda v: hb(v).sum())(xs[0]), np.cos(1.0) * np.ones(3), rtol=1e-6)

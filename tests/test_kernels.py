@@ -250,3 +250,90 @@ def test_host_output_aliasing_input_is_rejected_eagerly():
 
     with pytest.raises(RuntimeError, match="may not alias"):
         alias(np.ones(3))
+
+
+def _host_double(name: str):
+    @jaxops.custom_op(name, mutates_args=(), host=True)
+    def op(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    return op
+
+
+def test_host_kernel_dtype_differing_from_the_fake_raises_eagerly_and_under_jit():
+    @jaxops.custom_op("w2v::dt", mutates_args=(), host=True)
+    def dt(x: jax.Array) -> jax.Array:
+        return (x * 2).astype(np.int64)
+
+    dt.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    with pytest.raises(RuntimeError, match=r"w2v::dt.*dtype"):
+        dt(jnp.ones(3))
+    with pytest.raises(RuntimeError, match=r"w2v::dt.*dtype"):
+        jax.block_until_ready(jax.jit(dt)(jnp.ones(3)))
+
+
+def test_host_kernel_shape_differing_from_the_fake_raises_eagerly():
+    @jaxops.custom_op("w2v::sh", mutates_args=(), host=True)
+    def sh(x: jax.Array) -> jax.Array:
+        return np.concatenate([x, x])
+
+    sh.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    with pytest.raises(RuntimeError, match=r"w2v::sh.*shape \(6,\).*\(3,\)"):
+        sh(jnp.ones(3))
+
+
+def test_set_kernel_enabled_falls_back_to_the_default_kernel():
+    @jaxops.custom_op("w2v::ke", mutates_args=())
+    def ke(x: jax.Array) -> jax.Array:
+        return x + 1
+
+    platform = jax.devices()[0].platform
+    ke.register_kernel(platform, lambda x: x + 100)
+    x = jnp.zeros(1)
+    assert float(ke(x)[0]) == 100.0
+    with ke.set_kernel_enabled(platform, enabled=False):
+        assert float(ke(x)[0]) == 1.0
+        assert float(jax.jit(ke)(x)[0]) == 1.0
+        assert jaxops.get_kernel(ke, platform)(x).tolist() == [1.0]
+    assert float(ke(x)[0]) == 100.0
+    assert float(jax.jit(ke)(x)[0]) == 100.0
+    assert jaxops.get_kernel(ke, platform)(x).tolist() == [100.0]
+
+
+def test_get_kernel_errors():
+    op = _host_double("w2v::gk")
+    with pytest.raises(ValueError, match="device type"):
+        jaxops.get_kernel(op, "abacus")
+    with pytest.raises(ValueError, match="device type"):
+        op.set_kernel_enabled("abacus", enabled=False)
+
+
+def test_errors_from_a_traceable_body_a_fake_and_a_backward_name_the_op():
+    @jaxops.custom_op("w2v::boom", mutates_args=())
+    def boom(x: jax.Array) -> jax.Array:
+        raise ValueError("bad input in the body")
+
+    with pytest.raises(ValueError, match=r"w2v::boom: the kernel raised ValueError: bad input in the body"):
+        boom(jnp.ones(2))
+    with pytest.raises(ValueError, match=r"w2v::boom: the kernel raised"):
+        jax.jit(boom)(jnp.ones(2))
+
+    op = _host_double("w2v::fakeboom")
+
+    @op.register_fake
+    def _(x):
+        raise LookupError("fake broke")
+
+    with pytest.raises(LookupError, match=r"w2v::fakeboom: the fake \(register_fake\) raised LookupError: fake broke"):
+        jax.eval_shape(op, jnp.ones(2))
+
+    @jaxops.custom_op("w2v::bwboom", mutates_args=())
+    def bw(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    def backward(ctx, g):
+        raise ZeroDivisionError("no gradient today")
+
+    bw.register_autograd(backward)
+    with pytest.raises(ZeroDivisionError, match=r"w2v::bwboom: the backward \(register_autograd\) raised"):
+        jax.grad(lambda v: bw(v).sum())(jnp.ones(2))

@@ -116,3 +116,81 @@ def test_library_arguments_torch_exposes_are_stored_or_rejected():
             lib.impl(qual, lambda ks, x: x, "cpu", with_keyset=True)
     finally:
         lib._destroy()
+
+
+def _host_double(name: str):
+    @jaxops.custom_op(name, mutates_args=(), host=True)
+    def op(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    return op
+
+
+def test_impl_with_one_bad_type_registers_nothing():
+    op = _host_double("w2v::impl_bad")
+    with pytest.raises(ValueError, match="bogus"):
+        jaxops.impl("w2v::impl_bad", ["cpu", "bogus"], lambda x: x + 100)
+    assert jaxops.get_kernel(op, "cpu")(np.ones(2)).tolist() == [2.0, 2.0]
+    np.testing.assert_allclose(op(jax.device_put(jnp.ones(2), jax.devices("cpu")[0])), [2.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "register",
+    [
+        lambda op: op.register_fake(3),
+        lambda op: jaxops.register_fake(op, 3),
+        lambda op: op.register_kernel("cpu", 3),
+        lambda op: jaxops.register_kernel(op, "cpu", 3),
+        lambda op: jaxops.Library("w2v", "FRAGMENT").impl(op.name, None, "cpu"),
+        lambda op: op.register_vmap(3),
+        lambda op: op.register_sharding(3),
+    ],
+)
+def test_non_callable_registrations_are_refused_at_the_call(register):
+    op = _host_double("w2v::junk")
+    with pytest.raises(TypeError, match=r"w2v::junk.*callable"):
+        register(op)
+    # nothing was stored: a real fake can still be registered, and the op still runs
+    op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    np.testing.assert_allclose(jax.jit(op)(jnp.ones(2)), [2.0, 2.0])
+
+
+def test_destroying_a_library_keeps_an_op_that_was_redefined_since():
+    lib = jaxops.Library("w2v_re", "FRAGMENT")
+    lib.define("f(Tensor x) -> Tensor")
+    lib.impl("f", lambda x: x + 1, "default")
+
+    @jaxops.custom_op("w2v_re::f", mutates_args=())
+    def f(x: jax.Array) -> jax.Array:
+        return x * 10
+
+    lib._destroy()
+    assert jaxops.ops.w2v_re.f.default is f or jaxops.ops.w2v_re.f(jnp.ones(1)).tolist() == [10.0]
+    np.testing.assert_allclose(jaxops.ops.w2v_re.f(jnp.ones(1)), [10.0])
+
+
+def test_define_with_a_mismatched_schema_name_is_refused():
+    with pytest.raises(ValueError, match=r"w2v::g1.*'g2'"):
+        jaxops.define("w2v::g1", "g2(Tensor x) -> Tensor")
+
+
+def test_functional_registrations_with_lib_are_undone_by_destroy():
+    @jaxops.custom_op("w2v_lib::h", mutates_args=(), host=True)
+    def h(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    lib = jaxops.Library("w2v_lib", "FRAGMENT")
+    jaxops.register_fake("w2v_lib::h", lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), lib=lib)
+    jaxops.register_autograd("w2v_lib::h", lambda ctx, g: 3 * g, lib=lib)
+    jaxops.register_vmap("w2v_lib::h", lambda info, in_dims, x: (h(x), in_dims[0]), lib=lib)
+    jaxops.register_kernel("w2v_lib::h", "cpu", lambda x: x * 5, lib=lib)
+    x = jnp.ones(2)
+    assert jax.eval_shape(h, x).shape == (2,)
+    np.testing.assert_allclose(jax.grad(lambda v: h(v).sum())(x), [3.0, 3.0])
+    lib._destroy()
+    with pytest.raises(RuntimeError, match="no fake impl"):
+        jax.eval_shape(h, x)
+    np.testing.assert_allclose(h(x), [2.0, 2.0])  # the cpu kernel is gone too
+    h.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))  # the fake slot is free again
+    with jaxops.autograd_fallback_mode("nothing"):
+        np.testing.assert_allclose(jax.grad(lambda v: h(v).sum())(x), [0.0, 0.0])

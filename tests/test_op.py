@@ -191,3 +191,13 @@ def test_signature_comes_from_the_schema():
 
     op = jaxops.define("t_sig::f", "(Tensor x, float alpha=1.0, *, SymInt n=2) -> Tensor")
     assert str(inspect.signature(op)) == "(x, alpha=1.0, *, n=2)"
+
+
+def test_custom_op_name_with_an_overload_is_refused():
+    with pytest.raises(ValueError, match=r"overload"):
+        jaxops.custom_op("w2v::foo.bar", lambda x: x, mutates_args=(), schema="(Tensor x) -> Tensor")
+
+
+def test_custom_op_schema_of_the_wrong_type():
+    with pytest.raises(TypeError, match=r"w2v::s3.*schema.*str.*int"):
+        jaxops.custom_op("w2v::s3", lambda x: x, mutates_args=(), schema=3)

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -480,3 +481,45 @@ def test_mode_set_inside_a_jitted_step_does_not_retrace_every_call(hsin_no_formu
     for _ in range(5):
         step(X)
     assert len(traces) <= 2  # modes enter the cache key by value: leaving one restores it
+
+
+def test_jit_of_an_op_with_a_scalar_argument(scale_add):
+    x, y = jnp.arange(3.0), jnp.ones(3)
+    np.testing.assert_allclose(jax.jit(scale_add)(x, y, 2.0), [2.0, 3.0, 4.0])
+    np.testing.assert_allclose(jax.jit(lambda a: scale_add(x, y, a))(3.0), [3.0, 4.0, 5.0])
+    np.testing.assert_allclose(jax.grad(lambda a: scale_add(x, y, a).sum())(2.0), 3.0)
+
+
+def test_traced_scalars_reach_host_kernels_as_numpy_scalars():
+    seen = []
+
+    @jaxops.custom_op("w2v::hscale", mutates_args=(), host=True)
+    def hscale(x: jax.Array, alpha: float) -> jax.Array:
+        seen.append(type(alpha))
+        return x * alpha
+
+    hscale.register_fake(lambda x, alpha: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    np.testing.assert_allclose(jax.jit(hscale)(jnp.ones(2), 4.0), [4.0, 4.0])
+    assert seen and issubclass(seen[-1], np.generic)
+
+
+@jaxops.custom_op("w2v::scale_add_v", mutates_args=())
+def _scale_add_v(x: jax.Array, y: jax.Array, alpha: float = 1.0) -> jax.Array:
+    return x + alpha * y
+
+
+class TestScalarsUnderChexVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True, with_device=True)
+    def test_scale_add(self):
+        f = self.variant(_scale_add_v)
+        np.testing.assert_allclose(f(jnp.arange(3.0), jnp.ones(3), 2.0), [2.0, 3.0, 4.0])
+
+
+def test_a_static_parameter_given_a_tracer_names_static_argnums():
+    @jaxops.custom_op("w2v::rep", mutates_args=())
+    def rep(x: jax.Array, n: int) -> jax.Array:
+        return jnp.tile(x, n)
+
+    with pytest.raises(TypeError, match=r"w2v::rep.*'n'.*static_argnums"):
+        jax.jit(rep)(jnp.ones(2), 3)
+    np.testing.assert_allclose(jax.jit(rep, static_argnums=1)(jnp.ones(2), 3), np.ones(6))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -224,3 +226,43 @@ def test_rule_for_a_mutating_op() -> None:
 
     np.testing.assert_allclose(jax.vmap(add_, in_axes=(0, None))(X, Y[0]), X + Y[0])
     assert log == [(2, 3)]
+
+
+def _host_double(name: str):
+    @jaxops.custom_op(name, mutates_args=(), host=True)
+    def op(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    return op
+
+
+def test_vmap_rule_returning_the_wrong_batch_size_raises():
+    @jaxops.custom_op("w2v::vbs", mutates_args=())
+    def v(x: jax.Array) -> jax.Array:
+        return x + 1
+
+    @v.register_vmap
+    def _(info, in_dims, x):
+        return x[:1] + 1, 0
+
+    with pytest.raises(ValueError, match=r"w2v::vbs: the vmap rule returned output leaf 0 with 1 entries.*batch size 2"):
+        jax.vmap(v)(jnp.ones((2, 3)))
+
+
+def test_host_op_vmapped_without_a_rule_warns_once_naming_register_vmap():
+    op = _host_double("w2v::novmap")
+    op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    xs = jnp.ones((4, 3))
+    with pytest.warns(UserWarning, match=r"w2v::novmap.*register_vmap.*vmap_method"):
+        np.testing.assert_allclose(jax.vmap(op)(xs), 2 * xs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.vmap(op)(xs + 1)  # once per op
+
+
+def test_host_op_inside_an_equinox_mlp_warns():
+    op = _host_double("w2v::act")
+    op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=op, key=jax.random.key(0))
+    with pytest.warns(UserWarning, match="register_vmap"):
+        jax.vmap(mlp)(jnp.ones((5, 3)))
