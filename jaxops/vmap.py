@@ -125,7 +125,8 @@ def stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[li
     Without ``vmap`` it is just ``inner``; a JVP through ``inner`` keeps it
     differentiable (a bare ``custom_vmap`` does not linearize).  A host op with
     neither a rule nor a ``vmap_method`` is batched by calling its kernel once per
-    example; the first time that happens it warns (once per op definition),
+    example; the first time that happens for a batch of at least
+    :data:`PER_EXAMPLE_WARNING_MIN_BATCH` examples it warns (once per op definition),
     naming ``register_vmap`` and ``vmap_method``.
 
     >>> # run = vmap.stage(defn, sharding.stage(defn, kernels.stage(defn, run_kernel)))
@@ -137,6 +138,9 @@ def stage(defn: OpDefinition, inner: Callable[[list[Any]], Any]) -> Callable[[li
         return inner
     return _batched(defn, inner, _user_rule(defn, rule))
 
+
+#: A host op batched per example warns from this many examples on (fewer calls are no cliff).
+PER_EXAMPLE_WARNING_MIN_BATCH = 16
 
 Batching = Callable[[Any, Callable[..., Any], int, Any, tuple[Any, ...]], tuple[Any, Any]]
 
@@ -153,7 +157,7 @@ def _user_rule(defn: OpDefinition, rule: Callable[..., Any]) -> Batching:
 
 def _per_example_rule(defn: OpDefinition) -> Batching:
     def batch(args: Any, plain: Callable[..., Any], axis_size: int, in_batched: Any, flat: tuple[Any, ...]) -> tuple[Any, Any]:
-        if not defn.cache.get("vmap_warned"):
+        if axis_size >= PER_EXAMPLE_WARNING_MIN_BATCH and not defn.cache.get("vmap_warned"):
             defn.cache["vmap_warned"] = True
             warnings.warn(
                 f"{defn.name}: vmap of this host op calls its kernel once per example ({axis_size} "

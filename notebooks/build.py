@@ -199,7 +199,8 @@ QUICKSTART: list[Cell] = [
     md("""
     The per-example fallback is a cliff, so jaxops says when it happens. A stock `eqx.nn.MLP`
     applies its activation with `vmap` over the features: a host activation without a rule runs
-    once per *element*. The first time, jaxops warns (once per op) and names the two fixes.
+    once per *element*. The first time that happens for a batch of 16 or more, jaxops warns (once
+    per op) and names the two fixes.
     """),
     code("""
     import warnings
@@ -211,7 +212,7 @@ QUICKSTART: list[Cell] = [
         return np.maximum(x, 0).astype(x.dtype)
 
     np_relu.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
-    mlp = eqx.nn.MLP(4, 2, 8, depth=1, activation=np_relu, key=jax.random.key(0))
+    mlp = eqx.nn.MLP(4, 2, 32, depth=1, activation=np_relu, key=jax.random.key(0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         jax.vmap(mlp)(jnp.ones((16, 4)))

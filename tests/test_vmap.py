@@ -252,8 +252,11 @@ def test_vmap_rule_returning_the_wrong_batch_size_raises():
 def test_host_op_vmapped_without_a_rule_warns_once_naming_register_vmap():
     op = _host_double("w2v::novmap")
     op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
-    xs = jnp.ones((4, 3))
-    with pytest.warns(UserWarning, match=r"w2v::novmap.*register_vmap.*vmap_method"):
+    xs = jnp.ones((16, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(jax.vmap(op)(xs[:4]), 2 * xs[:4])  # a few calls: no cliff, no warning
+    with pytest.warns(UserWarning, match=r"w2v::novmap: vmap of this host op calls its kernel once per example \(16 host calls here\).*register_vmap.*vmap_method"):
         np.testing.assert_allclose(jax.vmap(op)(xs), 2 * xs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -263,6 +266,6 @@ def test_host_op_vmapped_without_a_rule_warns_once_naming_register_vmap():
 def test_host_op_inside_an_equinox_mlp_warns():
     op = _host_double("w2v::act")
     op.register_fake(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
-    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=op, key=jax.random.key(0))
+    mlp = eqx.nn.MLP(3, 2, 16, 1, activation=op, key=jax.random.key(0))  # activation vmapped over 16 features
     with pytest.warns(UserWarning, match="register_vmap"):
         jax.vmap(mlp)(jnp.ones((5, 3)))
