@@ -41,34 +41,37 @@ keyword).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxops import dispatch as _dispatch
 from jaxops import registry as _registry
+from jaxops.legacy_validation import (
+    SUPPORTED_DEVICE_TYPES,
+    InvalidSchemaError,
+    adapt,
+    anonymous,
+    backward_checks_schema,
+    check_legacy_schema,
+    check_no_kernel,
+    check_output_differentiability,
+    check_qualname,
+    check_signature_matches,
+    normalize_legacy_devices,
+    parse_declared_schema,
+    underlying_schema,
+    validate_grads,
+)
 from jaxops.library import Library, dispatch_keys
 from jaxops.op import parse_qualname
 from jaxops.registry import OpOverloadPacket
-from jaxops.schema import FunctionSchema, SchemaParseError, parse_schema
-
-#: Device types ``impl`` accepts (PyTorch's ``"cpu"``/``"cuda"`` plus JAX's platform names).
-SUPPORTED_DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "gpu", "rocm", "tpu")
+from jaxops.schema import FunctionSchema
 
 _LEGACY: dict[str, LegacyCustomOp] = {}
-
-
-class InvalidSchemaError(ValueError, AssertionError):
-    """A schema string given to :func:`custom_op` does not parse.
-
-    Both a ``ValueError`` (jaxops' convention) and an ``AssertionError`` (what
-    ``torch._custom_ops.custom_op`` raised), so code written against either catches it.
-    """
 
 
 def _location(fn: Callable[..., Any]) -> str:
@@ -87,211 +90,6 @@ def _caller() -> str:
         return "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
     finally:
         del frame
-
-
-# ------------------------------------------------------------------------------ schemas
-def _check_qualname(qualname: str) -> tuple[str, str]:
-    if isinstance(qualname, str) and "::" in qualname and "." in qualname.split("::", 1)[1]:
-        raise ValueError(
-            f"legacy.custom_op({qualname!r}): expected the operator name to not contain an overload "
-            f"name ('.{qualname.rsplit('.', 1)[1]}'); legacy custom ops have exactly one overload"
-        )
-    return parse_qualname(qualname)
-
-
-def _check_legacy_schema(qualname: str, fs: FunctionSchema) -> None:
-    """The definition-time rules of the legacy API: functional, no ``self``."""
-    from jaxops.schema import is_functional_schema
-
-    if any(a.name == "self" for a in fs.arguments):
-        raise ValueError(
-            f"legacy.custom_op({qualname!r}): an argument named 'self' is not supported (schema "
-            f"{_anonymous(fs)}); rename it, e.g. 'x'"
-        )
-    if not is_functional_schema(fs):
-        raise ValueError(
-            f"legacy.custom_op({qualname!r}) only supports functional operators (ones that mutate no "
-            f"input, return no view of one and return at least one value); got the schema "
-            f"{_anonymous(fs)}. Use jaxops.custom_op(..., mutates_args=...) for mutating ops"
-        )
-
-
-def _anonymous(fs: FunctionSchema) -> str:
-    return str(fs.with_name(""))
-
-
-def _check_signature_matches(qualname: str, fs: FunctionSchema, fn: Callable[..., Any]) -> None:
-    """An explicit schema: the Python signature must list the same parameters, no defaults."""
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())
-    for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise ValueError(
-                f"legacy.custom_op({qualname!r}): *args and **kwargs are not supported in the "
-                f"signature of {fn.__name__} (parameter '{p.name}'); list every parameter of the "
-                f"schema {_anonymous(fs)}"
-            )
-    for p in params:
-        if p.default is not p.empty:
-            raise ValueError(
-                f"legacy.custom_op({qualname!r}): the signature of {fn.__name__} has default "
-                f"arguments (parameter '{p.name}'); defaults belong in the schema "
-                f"(e.g. 'int {p.name}=2'), not in the Python signature"
-            )
-
-    def describe(pos: list[str], kw: list[str]) -> str:
-        return f"({', '.join(pos + (['*'] if kw else []) + kw)})"
-
-    py_pos = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    py_kw = [p.name for p in params if p.kind == p.KEYWORD_ONLY]
-    s_pos = [a.name for a in fs.arguments if not a.kwarg_only]
-    s_kw = [a.name for a in fs.arguments if a.kwarg_only]
-    if py_pos != s_pos or py_kw != s_kw:
-        raise ValueError(
-            f"legacy.custom_op({qualname!r}): expected {fn.__name__}'s signature to match the "
-            f"schema {_anonymous(fs)} (same names, order and keyword-only parameters): the schema has "
-            f"{describe(s_pos, s_kw)}, the function has {describe(py_pos, py_kw)}"
-        )
-
-
-def _underlying_schema(fs: FunctionSchema) -> FunctionSchema:
-    """jaxops ops take arrays positionally: keyword-only arguments become positional
-    when one of them is tensor-like (kernels still receive them by keyword)."""
-    if not any(a.kwarg_only and a.type.is_tensor_like for a in fs.arguments):
-        return fs
-    args = tuple(dataclasses.replace(a, kwarg_only=False) for a in fs.arguments)
-    return dataclasses.replace(fs, arguments=args)
-
-
-def _adapt(fs: FunctionSchema, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` called with the declared keyword-only parameters by keyword."""
-    kw_names = [a.name for a in fs.arguments if a.kwarg_only]
-    if not kw_names or _underlying_schema(fs) is fs:
-        return fn
-    n_pos = len(fs.arguments) - len(kw_names)
-
-    def adapted(*args: Any, **kwargs: Any) -> Any:
-        positional = args[:n_pos]
-        kwargs.update(zip(kw_names, args[n_pos:]))
-        return fn(*positional, **kwargs)
-
-    adapted.__wrapped__ = fn  # type: ignore[attr-defined]  # locations point at the user's fn
-    return adapted
-
-
-# ------------------------------------------------------------------------- gradients
-def _is_tensor(v: Any) -> bool:
-    return isinstance(v, (jax.Array, np.ndarray))
-
-
-def _backward_checks_schema(qualname: str, fs: FunctionSchema) -> None:
-    """Preconditions for registering a backward through the legacy API."""
-
-    def error(detail: str) -> RuntimeError:
-        return RuntimeError(
-            f"Cannot use the legacy custom-op API (jaxops.legacy) to register a backward formula for "
-            f"{detail}. Got operator {qualname} with schema: {_anonymous(fs)}"
-        )
-
-    if fs.is_mutable:
-        raise error("a non-functional operator (it mutates an input)")
-    if not fs.returns:
-        raise error("an operator with no returns")
-    if any(r.type.alias is not None and not r.type.alias.is_write for r in fs.returns):
-        raise error("an operator that returns views")
-    allowed = {"Tensor", "Tensor[]", "SymInt", "int", "float", "bool", "Scalar"}
-    for r in fs.returns:
-        spelled = f"{r.type.base}{'[]' if r.type.is_list else ''}"
-        if r.type.optional or r.type.elem_optional or spelled not in allowed:
-            raise error(f"an operator with a return not in {sorted(allowed)} (got {r.type})")
-    keys = dispatch_keys(qualname)
-    if "CompositeImplicitAutograd" in keys:
-        raise RuntimeError(
-            f"impl_backward/impl_save_for_backward: the operator {qualname} already has an "
-            "implementation for every device type via a registration to CompositeImplicitAutograd. "
-            "CompositeImplicitAutograd operators do not need an autograd formula: JAX differentiates "
-            "the kernel's body"
-        )
-
-
-class _BackwardError:
-    """Builds the messages of a backward whose result is malformed."""
-
-    def __init__(self, op: LegacyCustomOp) -> None:
-        self.op = op
-
-    def __call__(self, what: str) -> RuntimeError:
-        where = self.op._backward[1] if self.op._backward is not None else "<unknown>"
-        return RuntimeError(
-            f"In the backward function defined for {self.op.qualname} at {where} using the legacy "
-            f"custom-op API (jaxops.legacy.impl_backward), {what}"
-        )
-
-
-def _validate_grads(op: LegacyCustomOp, grads: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """PyTorch's checks of a legacy backward's ``{arg name: gradient}`` dict."""
-    error = _BackwardError(op)
-    if not isinstance(grads, dict):
-        raise error(
-            f"expected the output of the backward function to be a dict but got {type(grads).__name__}"
-        )
-    expected = [a.name for a in op._declared.arguments if a.type.is_tensor_like]
-    if set(grads) != set(expected):
-
-        def show(names: Any) -> str:
-            return "{" + ", ".join(repr(n) for n in sorted(names, key=str)) + "}"
-
-        raise error(
-            f"expected the returned grad_input dict to have keys {show(expected)} but got "
-            f"{show(grads)}. The backward function must return a gradient (can be None) for each "
-            "arg to the op that may be a Tensor or Sequence[Tensor]. Args declared to be "
-            "non-Tensor-like types should not appear in the grad_input dict"
-        )
-    for name in expected:
-        grad = grads[name]
-        value = values[name]
-        arg = op._declared.argument(name)
-        if arg.type.is_list:
-            if grad is None and value is None:
-                continue
-            if not isinstance(grad, (list, tuple)):
-                raise error(
-                    f"for input '{name}' expected the grad_input dict to hold a list of gradients "
-                    f"but got object of type {type(grad).__name__}"
-                )
-            n = 0 if value is None else len(value)
-            if len(grad) != n:
-                raise error(
-                    f"for input '{name}' expected the grad_input dict to hold a list of {n} "
-                    f"gradients but got {len(grad)}"
-                )
-            for idx, (g, v) in enumerate(zip(grad, value or ())):
-                if g is None:
-                    continue
-                if not _is_tensor(g):
-                    raise error(
-                        f"for input '{name}' expected the grad_input dict to hold a list of None or "
-                        f"Tensor gradients but got object of {type(g).__name__} at index {idx}"
-                    )
-                if v is None:
-                    raise error(
-                        f"for input '{name}', got a Tensor as the gradient for the {idx}-th value but "
-                        f"expected None because the {idx}-th value was not a Tensor (it was None)"
-                    )
-            continue
-        if grad is None:
-            continue
-        if not _is_tensor(grad):
-            raise error(
-                f"got object of type {type(grad).__name__} as the gradient for input '{name}', but "
-                "expected the gradient to be either None or a Tensor"
-            )
-        if value is None:
-            raise error(
-                f"got a Tensor as the gradient for input '{name}' but expected None as the gradient "
-                f"because input '{name}' was not a Tensor (it was None)"
-            )
-    return grads
 
 
 # ------------------------------------------------------------------------------ the op
@@ -356,7 +154,7 @@ class LegacyCustomOp(OpOverloadPacket):
     @property
     def schema(self) -> str:
         """The declared schema without the name, e.g. ``"(Tensor x) -> Tensor"``."""
-        return _anonymous(self._declared)
+        return anonymous(self._declared)
 
     def __repr__(self) -> str:
         return f"<jaxops.legacy.LegacyCustomOp {self._full}{self.schema}>"
@@ -385,21 +183,12 @@ class LegacyCustomOp(OpOverloadPacket):
         >>> # def _(x): return jnp.sin(x)
         """
         self._check_alive()
-        platforms = _normalize_legacy_devices(self._full, device_types)
+        platforms = normalize_legacy_devices(self._full, device_types)
 
         def inner(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = _caller()
-            op = self.default
-            existing = _existing_kernels(op)
-            for p in platforms:
-                if p in self._kernel_devices or p in existing or "default" in existing:
-                    earlier = self._kernel_devices.get(p) or existing.get(p) or existing.get("default")
-                    raise RuntimeError(
-                        f"legacy.impl({self._full!r}, device_types={device_types!r}): the op already "
-                        f"has an implementation for device type '{p}' (registered at {earlier}); an op "
-                        "has one kernel per device type"
-                    )
-            kernel = _adapt(self._declared, fn)
+            check_no_kernel(self._full, device_types, platforms, self._kernel_devices, self.default)
+            kernel = adapt(self._declared, fn)
             for p in platforms:
                 self._lib.impl(self._full, kernel, p, host=host)
                 self._kernel_devices[p] = where
@@ -427,7 +216,7 @@ class LegacyCustomOp(OpOverloadPacket):
                     f"Meta implementation / fake) registered at {self._abstract}; an op has one"
                 )
             try:
-                self._lib.impl(self._full, _adapt(self._declared, fn), "Meta")
+                self._lib.impl(self._full, adapt(self._declared, fn), "Meta")
             except RuntimeError as e:
                 raise RuntimeError(
                     f"legacy.impl_abstract({self._full!r}): the op already has an abstract impl (a "
@@ -446,7 +235,7 @@ class LegacyCustomOp(OpOverloadPacket):
         the backward.
         """
         self._check_alive()
-        _backward_checks_schema(self._full, self._declared)
+        backward_checks_schema(self._full, self._declared)
 
         def inner(fn: Callable[..., Any]) -> Callable[..., Any]:
             self._save = (fn, _caller())
@@ -464,20 +253,9 @@ class LegacyCustomOp(OpOverloadPacket):
         that carry no gradient.
         """
         self._check_alive()
-        _backward_checks_schema(self._full, self._declared)
+        backward_checks_schema(self._full, self._declared)
         returns = self._declared.returns
-        if output_differentiability is not None:
-            bad = (
-                not isinstance(output_differentiability, list)
-                or not all(isinstance(d, bool) for d in output_differentiability)
-                or len(output_differentiability) != len(returns)
-            )
-            if bad:
-                raise RuntimeError(
-                    f"impl_backward({self._full!r}, output_differentiability=...): expected "
-                    "output_differentiability to be a list of bools with length equal to the number "
-                    f"of outputs of this op ({len(returns)}), got {output_differentiability!r}"
-                )
+        check_output_differentiability(self._full, output_differentiability, returns)
 
         def inner(fn: Callable[..., Any]) -> Callable[..., Any]:
             self._backward = (fn, _caller())
@@ -546,7 +324,7 @@ def _legacy_backward(op: LegacyCustomOp) -> Callable[..., Any]:
     backward = op._backward
     diff = op._output_differentiability
     declared = op._declared
-    n_pos = len(_underlying_schema(declared).positional_arguments)
+    n_pos = len(underlying_schema(declared).positional_arguments)
 
     def run(ctx: Any, *grads: Any) -> tuple[Any, ...]:
         if backward is None:  # setup_context raises first; kept for a clear message regardless
@@ -562,41 +340,17 @@ def _legacy_backward(op: LegacyCustomOp) -> Callable[..., Any]:
                 values[a.name] = [None if n else 0 for n in none]
             else:
                 values[a.name] = None if none else 0
-        result = _validate_grads(op, backward[0](ctx, ctx.legacy_saved, *grads), values)
+        result = validate_grads(
+            op.qualname, declared, lambda: op._backward[1] if op._backward is not None else "<unknown>",
+            backward[0](ctx, ctx.legacy_saved, *grads), values,
+        )
         out = []
-        for a in _underlying_schema(declared).arguments[:n_pos]:
+        for a in underlying_schema(declared).arguments[:n_pos]:
             g = result.get(a.name) if a.type.is_tensor_like else None
             out.append(list(g) if isinstance(g, tuple) else g)
         return tuple(out)
 
     return run
-
-
-def _existing_kernels(op: Any) -> dict[str, str]:
-    """``{platform or "default": "file.py:LINE"}`` of the kernels the op already has."""
-    table = getattr(op, "kernels", None)
-    if table is None:
-        return {}
-    return {key: kernel.where for key, kernel in table.items()}
-
-
-def _normalize_legacy_devices(qualname: str, device_types: Any) -> tuple[str, ...]:
-    items = (device_types,) if isinstance(device_types, str) else tuple(device_types)
-    platforms: list[str] = []
-    for item in items:
-        if not isinstance(item, str) or item not in SUPPORTED_DEVICE_TYPES:
-            raise ValueError(
-                f"legacy.impl({qualname!r}, device_types={device_types!r}): got device type {item!r}, "
-                f"but we only support device_type in {list(SUPPORTED_DEVICE_TYPES)}; use "
-                "jaxops.register_kernel for anything else"
-            )
-        for p in _dispatch.normalize_device_types(qualname, item):
-            if p not in platforms:
-                platforms.append(p)
-    if not platforms:
-        raise ValueError(f"legacy.impl({qualname!r}): device_types is empty; we only support device_type in "
-                         f"{list(SUPPORTED_DEVICE_TYPES)}")
-    return tuple(platforms)
 
 
 # --------------------------------------------------------------------- public functions
@@ -618,22 +372,10 @@ def custom_op(qualname: str, schema: str | None = None) -> Callable[[Callable[..
     '(Tensor x) -> Tensor'
     >>> twice._destroy()
     """
-    ns, name = _check_qualname(qualname)
+    ns, name = check_qualname(qualname)
     declared: FunctionSchema | None = None
     if schema is not None:
-        if not isinstance(schema, str):
-            raise TypeError(f"legacy.custom_op({qualname!r}): schema must be a str, got {type(schema).__name__}")
-        text = schema if not schema.lstrip().startswith("(") else f"{name}{schema}"
-        try:
-            declared = parse_schema(text)
-        except SchemaParseError as e:
-            raise InvalidSchemaError(f"Invalid function schema: {text}\n{e}") from None
-        if declared.name and declared.op_name != name:
-            raise ValueError(
-                f"legacy.custom_op({qualname!r}): the schema names the op {declared.name!r}; expected {name!r}"
-            )
-        declared = declared.with_name(qualname)
-        _check_legacy_schema(qualname, declared)
+        declared = parse_declared_schema(qualname, name, schema)
 
     def inner(fn: Callable[..., Any]) -> LegacyCustomOp:
         if not callable(fn):
@@ -648,9 +390,9 @@ def custom_op(qualname: str, schema: str | None = None) -> Callable[[Callable[..
             from jaxops.inference import infer_function_schema
 
             fs = infer_function_schema(fn, mutates_args=(), op_name=qualname)
-            _check_legacy_schema(qualname, fs)
+            check_legacy_schema(qualname, fs)
         else:
-            _check_signature_matches(qualname, fs, fn)
+            check_signature_matches(qualname, fs, fn)
         if qualname in _LEGACY or _registry.get(qualname):
             raise RuntimeError(
                 f"legacy.custom_op: tried to register an operator ({qualname}) with the same name as "
@@ -658,7 +400,7 @@ def custom_op(qualname: str, schema: str | None = None) -> Callable[[Callable[..
                 f"jaxops.legacy._destroy({qualname!r})) before defining it again"
             )
         lib = Library(ns, "FRAGMENT")
-        lib.define(str(_underlying_schema(fs).with_name(name)))
+        lib.define(str(underlying_schema(fs).with_name(name)))
         op = LegacyCustomOp(qualname, fs, lib, owned=True, where=_location(fn))
         _LEGACY[qualname] = op
         op._install_autograd()

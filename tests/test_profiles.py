@@ -68,7 +68,7 @@ def test_record_eager_and_traced_calls():
     (rp,) = profiles["proftest::shift"]
     assert rp.args_profile == (TensorMetadata(1, F32, dev), 0.5)
     assert rp.out_profile == TensorMetadata(1, F32, dev)
-    assert jaxops.profiles._RECORDING is False
+    assert jaxops.profile_fakes._RECORDING is False
     mm(np.ones((2, 4), np.float32), np.ones((4, 3), np.float32))  # outside: nothing recorded
     assert len(profiles["proftest::mm"]) == 1
 
@@ -139,7 +139,7 @@ def test_unsafe_generate_fake_kernels_overrides_registered_fake_and_restores():
     with jaxops.unsafe_generate_fake_kernels(profiles):
         assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (3,)  # from the dimension hints
     assert jax.eval_shape(op, S((4, 3), jnp.float32)).shape == (99,)
-    assert jaxops.profiles._ACTIVE.get() is None and jaxops.profiles._RECORDING is False
+    assert jaxops.profile_fakes._ACTIVE.get() is None and jaxops.profile_fakes._RECORDING is False
 
 
 def test_missing_profile_names_the_op():
@@ -223,6 +223,7 @@ def test_plan_a_model_whose_host_kernels_are_not_installed(tmp_path):
 
 
 # ------------------------------------------------------- hostile and malformed files (16.2)
+from jaxops import profile_loader  # noqa: E402
 from jaxops import profiles as _profiles  # noqa: E402
 
 HEAD = f"version: {jaxops.__version__}\nformat: 1\n"
@@ -281,11 +282,11 @@ def test_file_size_is_limited_for_paths_and_file_objects(tmp_path):
 
 
 def test_op_and_profile_counts_are_limited(monkeypatch):
-    monkeypatch.setattr(_profiles, "MAX_OPS", 2)
+    monkeypatch.setattr(profile_loader, "MAX_OPS", 2)
     ops = "".join(f"  ns::op{i}: []\n" for i in range(3))
     with pytest.raises(ValueError, match="MAX_OPS"):
         _load_text(HEAD + "operators:\n" + ops)
-    monkeypatch.setattr(_profiles, "MAX_PROFILES", 3)
+    monkeypatch.setattr(profile_loader, "MAX_PROFILES", 3)
     entries = "".join("  " + ln + "\n" for ln in (GOOD_ENTRY * 4).splitlines())
     with pytest.raises(ValueError, match="MAX_PROFILES"):
         _load_text(HEAD + "operators:\n  ns::op:\n" + entries)
@@ -428,7 +429,7 @@ def test_limits_hold_with_the_pure_python_yaml_parser(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "yaml._yaml", None)  # as if PyYAML had no libyaml
-    monkeypatch.setattr(_profiles, "_LOADER", [])
+    monkeypatch.setattr(profile_loader, "_LOADER", [])
     with pytest.raises(ValueError, match="MAX_NODES"):
         _load_text(HEAD + "junk:\n" + "".join("  " + ln + "\n" for ln in _laughs("1").splitlines()))
     with pytest.raises(ValueError, match="MAX_DEPTH"):
@@ -439,4 +440,4 @@ def test_limits_hold_with_the_pure_python_yaml_parser(monkeypatch):
         _load_text(HEAD + "operators: !!python/name:os.system {}\n")
     (prof,) = _load_text(_doc("- args_profile: []\n  out_profile: {rank: 2, dtype: float32}\n"))["ns::op"]
     assert prof.out_profile.rank == 2
-    assert "CParser" not in [c.__name__ for c in _profiles._LOADER[0].__mro__]
+    assert "CParser" not in [c.__name__ for c in profile_loader._LOADER[0].__mro__]

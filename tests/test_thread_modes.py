@@ -158,7 +158,7 @@ def test_recording_sees_only_its_own_thread():
     assert done.is_set()
     (prof,) = box["profiles"]["threadmodes::c"]  # type: ignore[index]
     assert prof.args_profile[0].rank == 1
-    assert jaxops.profiles._RECORDING is False
+    assert jaxops.profile_fakes._RECORDING is False
 
 
 def test_served_profiles_are_per_thread():
