@@ -19,6 +19,7 @@ import pytest
 
 import jaxops
 import jaxops.ffi as ffi
+import jaxops.ffi_build as ffi_build
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -303,9 +304,9 @@ def test_jaxops_impl_with_an_ffi_kernel(cpp_ops):
 # ------------------------------------------------------------------------ building
 def test_second_load_does_not_rebuild(cpp_ops, monkeypatch):
     calls = []
-    monkeypatch.setattr(ffi, "_compile", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(ffi_build, "_compile", lambda *a, **k: calls.append(a))
     with monkeypatch.context() as m:  # not even a compiler process (versions are cached)
-        m.setattr(ffi.subprocess, "run", lambda *a, **k: pytest.fail("a process ran for a cached build"))
+        m.setattr(ffi_build.subprocess, "run", lambda *a, **k: pytest.fail("a process ran for a cached build"))
         again = ffi.load_inline("cpp_ops", cpp_ops.CPP_SOURCE, functions=cpp_ops.FUNCTIONS, extra_cflags=cpp_ops.CFLAGS)
     assert again.built is False and again.build_dir == cpp_ops.module.build_dir and calls == []
     # Another flag (or source, or JAX version) is another build.
@@ -324,17 +325,17 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_cache_key_covers_sources_flags_jax_version_and_native_cpu(monkeypatch):
-    units = [ffi._Unit("a.cc", "int x;", False)]
-    base = ffi._digest("n", units, [["-O2"]], [])
-    assert ffi._digest("n", [ffi._Unit("a.cc", "int y;", False)], [["-O2"]], []) != base
-    assert ffi._digest("n", units, [["-O3"]], []) != base
-    monkeypatch.setattr(ffi.jax, "__version__", "0.0.0-other")
-    assert ffi._digest("n", units, [["-O2"]], []) != base
+    units = [ffi_build._Unit("a.cc", "int x;", False)]
+    base = ffi_build._digest("n", units, [["-O2"]], [])
+    assert ffi_build._digest("n", [ffi_build._Unit("a.cc", "int y;", False)], [["-O2"]], []) != base
+    assert ffi_build._digest("n", units, [["-O3"]], []) != base
+    monkeypatch.setattr(ffi_build.jax, "__version__", "0.0.0-other")
+    assert ffi_build._digest("n", units, [["-O2"]], []) != base
     monkeypatch.undo()
-    native = ffi._digest("n", units, [["-march=native"]], [])
-    monkeypatch.setattr(ffi, "_host_cpu", lambda: "another cpu")
-    assert ffi._digest("n", units, [["-march=native"]], []) != native  # tuned builds stay per CPU
-    assert ffi._digest("n", units, [["-O2"]], []) == base  # portable builds are shared
+    native = ffi_build._digest("n", units, [["-march=native"]], [])
+    monkeypatch.setattr(ffi_build, "_host_cpu", lambda: "another cpu")
+    assert ffi_build._digest("n", units, [["-march=native"]], []) != native  # tuned builds stay per CPU
+    assert ffi_build._digest("n", units, [["-O2"]], []) == base  # portable builds are shared
 
 
 def test_build_failure_raises_runtime_error_with_compiler_message():
@@ -367,7 +368,7 @@ def test_argument_errors():
 
 
 def test_cuda_source_without_nvcc_says_so(monkeypatch):
-    monkeypatch.setattr(ffi, "find_nvcc", lambda: None)
+    monkeypatch.setattr(ffi_build, "find_nvcc", lambda: None)
     with pytest.raises(RuntimeError, match="CUDA sources need nvcc"):
         ffi.load_inline("t_ffi_cu", "", functions=["f"], cuda_source="__global__ void k() {}")
 
