@@ -218,7 +218,8 @@ def check_aot_dispatch_dynamic(case: OpCase, rtol: float | None, atol: float | N
             ) from e
         return
     try:
-        jitted = jax.jit(case.call)(case.leaves)
+        # blocked here: on an accelerator a host callback's error arrives with the result
+        jitted = jax.block_until_ready(jax.jit(case.call)(case.leaves))
     except Exception as e:  # noqa: BLE001
         raise CheckFailure(
             case.fake_label() if case.is_host else case.kernel_label(),

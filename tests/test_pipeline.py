@@ -320,6 +320,7 @@ def test_recording_leaves_the_hot_path_and_records(monkeypatch):
 # ---------------------------------------------------------------- stage nesting
 def test_composition_on_two_forced_cpu_devices():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env["JAX_PLATFORMS"] = "cpu"  # the forced host devices, also on a GPU machine
     proc = subprocess.run([sys.executable, str(COMPOSITION_SCRIPT)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
 

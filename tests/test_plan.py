@@ -427,6 +427,7 @@ def test_peak_bytes_is_symbolic_with_symbolic_shapes(ops):
     assert str(p.peak_bytes) == "40*b + 48"
 
 
+@pytest.mark.cpu_only  # the issue's yardstick is XLA's CPU memory analysis; XLA:GPU fuses and rematerializes differently
 @pytest.mark.parametrize("batch", [32, 1024])
 def test_peak_bytes_agrees_with_xla_memory_analysis(batch):
     """Within ±25 % of XLA's argument + output + temp − alias bytes (CPU).
