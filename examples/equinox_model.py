@@ -4,7 +4,7 @@ Used by ``notebooks/equinox_training.ipynb``, ``tests/test_equinox.py`` and
 ``bench/equinox_step.py``.  The model is a small MLP classifier:
 
 * ``eqxdemo::dense`` — a traceable op with ``register_autograd`` (``x @ w + b``);
-* ``eqxdemo::relu`` — a host (NumPy) op with a fake, a backward and a vmap rule;
+* ``mlp::relu`` (from ``examples/mlp_ops.py``) — a host (NumPy) op with a fake, a backward and a vmap rule;
 * :class:`Norm` — a ``custom_vjp.Function`` whose first argument is an
   ``eqx.Module`` (its array leaves get gradients from the user's ``backward``).
 
@@ -30,6 +30,7 @@ import numpy as np
 
 import jaxops
 from custom_vjp import Function
+from examples import mlp_ops
 
 
 # --------------------------------------------------------------------- the ops
@@ -53,32 +54,8 @@ def _dense_backward(ctx: Any, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
 dense.register_autograd(_dense_backward, setup_context=_dense_setup)
 
 
-@jaxops.custom_op("eqxdemo::relu", mutates_args=(), host=True)
-def relu(x: np.ndarray) -> np.ndarray:
-    """``max(x, 0)`` computed by NumPy on the host."""
-    return np.maximum(x, 0).astype(x.dtype)
-
-
-@relu.register_fake
-def _relu_fake(x: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype)
-
-
-def _relu_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    ctx.save_for_backward(output)
-
-
-def _relu_backward(ctx: Any, g: jax.Array) -> jax.Array:
-    (y,) = ctx.saved_tensors
-    return jnp.where(y > 0, g, jnp.zeros_like(g))
-
-
-relu.register_autograd(_relu_backward, setup_context=_relu_setup)
-
-
-@relu.register_vmap
-def _relu_vmap(info: Any, in_dims: tuple[Any, ...], x: jax.Array) -> tuple[jax.Array, Any]:
-    return relu(x), in_dims[0]  # elementwise: the whole batch in one host call
+# The host ReLU (NumPy kernel, fake, backward, vmap rule) of the CLI's example module.
+relu = mlp_ops.relu
 
 
 # -------------------------------------------------------------- the Function

@@ -775,7 +775,7 @@ EQUINOX: list[Cell] = [
     notebook builds a small classifier from ops of each kind (`examples/equinox_model.py`):
 
     * `eqxdemo::dense`: a traceable op with `register_autograd`;
-    * `eqxdemo::relu`: a host (NumPy) op with a fake, a backward and a vmap rule;
+    * `mlp::relu` (from `examples/mlp_ops.py`): a host (NumPy) op with a fake, a backward and a vmap rule;
     * `Norm`: a `custom_vjp.Function` whose first argument is an `eqx.Module`; its `backward`
       returns a gradient shaped like that module.
     """),
