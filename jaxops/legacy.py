@@ -16,7 +16,7 @@ reachable as ``jaxops.ops.<ns>.<name>``.
 >>> from jaxops import legacy
 >>> @legacy.custom_op("legacydoc::sin")
 ... def sin(x: jax.Array) -> jax.Array:
-...     raise NotImplementedError
+...     raise NotImplementedError("the body of a legacy op: kernels come from legacy.impl")
 >>> @legacy.impl("legacydoc::sin")
 ... def _(x):
 ...     return jnp.sin(x)
@@ -103,7 +103,7 @@ class LegacyCustomOp(OpOverloadPacket):
     >>> from jaxops import legacy
     >>> @legacy.custom_op("legacydoc::neg", "(Tensor x) -> Tensor")
     ... def neg(x):
-    ...     raise NotImplementedError
+    ...     raise NotImplementedError("the body of a legacy op: kernels come from legacy.impl")
     >>> neg.schema
     '(Tensor x) -> Tensor'
     >>> neg._destroy()
@@ -367,7 +367,7 @@ def custom_op(qualname: str, schema: str | None = None) -> Callable[[Callable[..
     >>> from jaxops import legacy
     >>> @legacy.custom_op("legacydoc::twice")
     ... def twice(x: jax.Array) -> jax.Array:
-    ...     raise NotImplementedError
+    ...     raise NotImplementedError("the body of a legacy op: kernels come from legacy.impl")
     >>> twice.schema
     '(Tensor x) -> Tensor'
     >>> twice._destroy()
