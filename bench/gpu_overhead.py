@@ -1,7 +1,7 @@
 """Per-call costs of jaxops ops on a GPU, each beside its plain-JAX or PyTorch counterpart.
 
 Everything is measured in one run on JAX's default device (run it on a GPU machine),
-16-float arrays, median of repetitions (best of three interleaved rounds):
+16-float arrays, median of repetitions (best of seven interleaved rounds):
 
 * every eager call form of a traceable op against ``jax.jit(f)`` called the same way:
   all positional, a default left out, a keyword argument, a one-array op, an op with
@@ -38,6 +38,11 @@ try:  # torch evaluates string annotations in this module's globals
     import torch
 except ImportError:  # pragma: no cover - torch is optional
     torch = None
+
+
+#: Interleaved rounds per call form (the best of each side is kept): a GPU host's dispatch
+#: cost drifts by several µs between seconds of one run, more than the op adds.
+ROUNDS = 7
 
 
 def per_call_us(f: Callable[..., Any], *args: Any, n: int = 2000, reps: int = 7, **kwargs: Any) -> float:
@@ -162,7 +167,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, m_op, m_jit in forms:
         t_op, t_jit = [], []
-        for _ in range(3):  # interleave so that machine noise hits both alike
+        for _ in range(ROUNDS):  # interleave so that machine noise hits both alike
             t_op.append(m_op())
             t_jit.append(m_jit())
         print(f"| {name} | {min(t_op):.1f} | {min(t_jit):.1f} | **{min(t_op) / min(t_jit):.2f}×** |")

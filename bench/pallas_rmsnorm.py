@@ -8,7 +8,8 @@ For a large input (default 8192 x 8192 bfloat16) it measures, side by side:
   ``rms_norm_pallas`` call, and XLA's fusion of the ``jnp`` reference;
 * the backward (``dx`` and ``dweight`` from ``dy``): the op's backward (Pallas) and
   XLA's fusion of the reference's ``jax.vjp``;
-* with ``--sweep``, a sweep of block sizes, warps and pipelining depth for both Pallas
+* with ``--sweep``, a sweep of block sizes, warps and (backward) band length and row
+  prefetching for both Pallas
   kernels on the largest size; the fastest configuration is then used for every row.
 
 Two sizes by default: at 8192 x 8192 a call lasts about as long as JAX's dispatch of
@@ -48,7 +49,7 @@ def _load_example() -> Any:
     return module
 
 
-def seconds_per_call(f: Callable[..., Any], *args: Any, n: int = 30, reps: int = 7) -> float:
+def seconds_per_call(f: Callable[..., Any], *args: Any, n: int = 30, reps: int = 11) -> float:
     """Median seconds per call of ``f(*args)`` over ``reps`` loops of ``n`` async calls."""
     jax.block_until_ready(f(*args))
     jax.block_until_ready(f(*args))
@@ -124,10 +125,12 @@ def sweep(P: Any, n: int, d: int, dtype: Any) -> tuple[dict[str, int], dict[str,
             best_f = min(best_f, (t, {"block_elements": be, "num_warps": nw}), key=lambda b: b[0])
     best_b: tuple[float, dict[str, int]] = (float("inf"), {})
     for se in (8192, 16384):
-        for rp in (16, 32):
+        for rp in (64, 128):
             for nw in (8, 16):
-                for ns in (1, 2, 3):
-                    cfg = {"step_elements": se, "rows_per_program": rp, "num_warps": nw, "num_stages": ns}
+                for pf in (0, 1, 2, 3):
+                    if se > d and pf > 1:
+                        continue  # two rows per step hold too many registers to load further ahead
+                    cfg = {"step_elements": se, "rows_per_program": rp, "num_warps": nw, "prefetch": pf}
                     f = jax.jit(lambda dy, x, w, cfg=cfg: P.rms_norm_backward_pallas(dy, x, w, **cfg))
                     try:
                         t = seconds_per_call(f, dy, x, w, n=20, reps=5)
@@ -206,10 +209,11 @@ def main() -> None:
         print(f"# fastest: fwd {fwd_cfg}, bwd {bwd_cfg} (used below)")
         P.FWD_BLOCK_ELEMENTS, P.FWD_NUM_WARPS = fwd_cfg["block_elements"], fwd_cfg["num_warps"]
         P.BWD_STEP_ELEMENTS, P.BWD_ROWS_PER_PROGRAM = bwd_cfg["step_elements"], bwd_cfg["rows_per_program"]
-        P.BWD_NUM_WARPS, P.BWD_NUM_STAGES = bwd_cfg["num_warps"], bwd_cfg["num_stages"]
+        P.BWD_NUM_WARPS, P.BWD_PREFETCH = bwd_cfg["num_warps"], bwd_cfg["prefetch"]
     print(
         f"# config: fwd block {P.FWD_BLOCK_ELEMENTS} warps {P.FWD_NUM_WARPS or 'auto'}; bwd step {P.BWD_STEP_ELEMENTS} "
-        f"band {P.BWD_ROWS_PER_PROGRAM} warps {P.BWD_NUM_WARPS or 'auto'} stages {P.BWD_NUM_STAGES}"
+        f"band {P.BWD_ROWS_PER_PROGRAM} warps {P.BWD_NUM_WARPS or 'auto'} stages {P.BWD_NUM_STAGES} "
+        f"prefetch {P.BWD_PREFETCH}"
     )
     for n, d in sizes:
         rows = measure(P, n, d, dtype)

@@ -85,14 +85,17 @@ def test_op_on_the_cpu_runs_the_reference_and_passes_opcheck():
                 assert set(result.values()) == {"SUCCESS"}, result
 
 
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(16, 128), (3, 8, 64), (5, 256)])
-def test_pallas_kernels_in_interpret_mode_match_the_reference(shape, dtype):
+def test_pallas_kernels_in_interpret_mode_match_the_reference(shape, dtype, prefetch):
     x, w, dy = _inputs(2, shape, dtype)
     y = P.rms_norm_pallas(x, w, 1e-6, block_elements=256, interpret=True)
     assert y.shape == x.shape and y.dtype == x.dtype
     assert _rel(y, P.rms_norm_reference(x, w, 1e-6)) < _tol(dtype)
-    dx, dw = P.rms_norm_backward_pallas(dy, x, w, 1e-6, step_elements=128, rows_per_program=4, interpret=True)
+    dx, dw = P.rms_norm_backward_pallas(
+        dy, x, w, 1e-6, step_elements=128, rows_per_program=4, prefetch=prefetch, min_programs=1, interpret=True
+    )
     rdx, rdw = P.rms_norm_backward_reference(dy, x, w, 1e-6)
     assert dx.dtype == x.dtype and dw.dtype == w.dtype and dw.shape == w.shape
     assert _rel(dx, rdx) < _tol(dtype) and _rel(dw, rdw) < _tol(dtype)
