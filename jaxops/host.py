@@ -207,8 +207,12 @@ def conform_outputs(
     return fixed, treedef
 
 
+@functools.lru_cache(maxsize=256)
 def _dtype_kind(dtype: Any) -> str:
-    """``"bool"``, ``"int"``, ``"float"`` or ``"complex"`` (widths may differ within one kind)."""
+    """``"bool"``, ``"int"``, ``"float"`` or ``"complex"`` (widths may differ within one kind).
+
+    Cached per dtype: every host call checks each output with it (inside ``jit`` on every run).
+    """
     for kind, family in (("bool", np.bool_), ("int", np.integer), ("float", np.floating), ("complex", np.complexfloating)):
         if jnp.issubdtype(dtype, family):
             return kind
