@@ -27,12 +27,21 @@ def _build_module() -> ModuleType:
 
 
 def _outputs(nb: nbformat.NotebookNode) -> str:
-    texts = []
+    """The cells' text outputs. Consecutive stream chunks are joined as printed: the kernel
+    flushes stdout on a timer, so on a loaded machine one ``print`` can arrive in two chunks."""
+    texts: list[str] = []
     for cell in nb.cells:
+        stream = None  # the name ("stdout"/"stderr") of the stream output just before
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
-                texts.append(out["text"])
-            elif "data" in out and "text/plain" in out["data"]:
+                if stream == out.get("name"):
+                    texts[-1] += out["text"]
+                else:
+                    texts.append(out["text"])
+                stream = out.get("name")
+                continue
+            stream = None
+            if "data" in out and "text/plain" in out["data"]:
                 texts.append(out["data"]["text/plain"])
     return "\n".join(texts)
 
