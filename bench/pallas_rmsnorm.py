@@ -8,9 +8,9 @@ For a large input (default 8192 x 8192 bfloat16) it measures, side by side:
   ``rms_norm_pallas`` call, and XLA's fusion of the ``jnp`` reference;
 * the backward (``dx`` and ``dweight`` from ``dy``): the op's backward (Pallas) and
   XLA's fusion of the reference's ``jax.vjp``;
-* with ``--sweep``, a sweep of block sizes, warps and (backward) band length and row
-  prefetching for both Pallas
-  kernels on the largest size; the fastest configuration is then used for every row.
+* with ``--sweep``, a sweep of block sizes and warps for both Pallas kernels (and, for the
+  backward, band length and how many rows ahead it loads) on the largest size; the fastest
+  configuration is then used for every row.
 
 Two sizes by default: at 8192 x 8192 a call lasts about as long as JAX's dispatch of
 it (tens of µs), so the larger one is the one that measures the device. Bandwidth counts the fewest bytes each computation must move: forward reads ``x`` and
@@ -109,7 +109,7 @@ def _inputs(n: int, d: int, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array
 
 
 def sweep(P: Any, n: int, d: int, dtype: Any) -> tuple[dict[str, int], dict[str, int], list[str]]:
-    """Time block sizes, warps and pipelining depths; return the fastest forward and backward."""
+    """Time block sizes, warps, bands and load-ahead depths; return the fastest forward and backward."""
     x, w, dy = _inputs(n, d, dtype)
     lines: list[str] = []
     best_f: tuple[float, dict[str, int]] = (float("inf"), {})
